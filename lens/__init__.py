@@ -1,0 +1,19 @@
+"""lens: a hooked-transformer engine for mechanistic interpretability."""
+
+from lens.cache import ActivationCache
+from lens.config import ModelConfig, RotaryConfig
+from lens.errors import (CorruptCheckpointError, HookWouldNotFireError, InsufficientMemoryError, LensError,
+                         ModelFileNotFoundError, SequenceTooLongError, TokenizationError, UnknownHookError,
+                         UnknownModelError, UnsupportedModelError)
+from lens.hooks import HookPoint, act_name
+from lens.loading import DEFAULT_MODEL, list_models, supported_families
+from lens.model.transformer import HookedTransformer, Output
+
+get_act_name = act_name  # TransformerLens's name for it
+
+__all__ = [
+    "ActivationCache", "HookedTransformer", "HookPoint", "ModelConfig", "Output", "RotaryConfig", "act_name",
+    "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
+    "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
+    "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
+]

@@ -1,0 +1,117 @@
+"""ModelConfig: the architecture facts that drive the one generic transformer.
+
+Only facts about the architecture live here; run-time choices (device, dtype,
+which hooks to cache) are arguments of the functions that need them. A family
+is a mapper from its HF config to this class (lens/loading/families/).
+
+Axis names used in shape comments throughout lens:
+    batch, pos (query position), k_pos (key position), d_model, n_heads,
+    n_kv_heads, d_head, d_mlp, d_vocab, n_layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+NormKind = Literal["layernorm", "rmsnorm"]
+PositionKind = Literal["learned", "rotary"]
+RotaryStyle = Literal["half", "adjacent"]  # HF rotate_half (NeoX/Llama) vs GPT-J pairs
+ActFn = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu"]
+
+
+@dataclass(frozen=True)
+class RotaryConfig:
+    """Rotary position embedding of one attention kind."""
+
+    theta: float = 10000.0
+    dim: int | None = None  # rotated dims per head; None = all of d_head
+    style: RotaryStyle = "half"
+    scaling: Literal["none", "linear", "llama3"] = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0  # llama3 scaling
+    high_freq_factor: float = 4.0  # llama3 scaling
+    original_max_positions: int = 8192  # llama3 scaling
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    n_kv_heads: int | None = None  # None = n_heads (no grouped-query attention)
+    model_type: str = "custom"  # the HF model_type it came from, for summaries only
+    act_fn: ActFn = "gelu_new"
+    gated_mlp: bool = False
+    norm: NormKind = "layernorm"
+    norm_eps: float = 1e-5
+    # Gemma's RMSNorm multiplies by (1 + w); the offset is added in fp32 as HF does.
+    norm_weight_offset: float = 0.0
+    positions: PositionKind = "learned"
+    # One rotary config per layer kind; layers pick theirs through `layer_rotary`.
+    rotary: RotaryConfig = field(default_factory=RotaryConfig)
+    local_rotary: RotaryConfig | None = None  # rotary of sliding-window layers when it differs
+    parallel_attn_mlp: bool = False  # GPT-NeoX: resid + attn(ln1(x)) + mlp(ln2(x))
+    post_norms: bool = False  # Gemma 2/3: norm the attn and MLP outputs before adding them
+    qk_norm: bool = False  # RMSNorm over d_head on queries and keys before rotary
+    attn_scale: float | None = None  # None = sqrt(d_head); scores are divided by it
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    # Per-layer sliding window in tokens (None = global attention); None = all global.
+    sliding_windows: tuple[int | None, ...] | None = None
+    embed_scale: float = 1.0  # Gemma multiplies embeddings by sqrt(d_model)
+    tied_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    # Whether to_tokens prepends BOS by default: what the model's own tokenizer does.
+    default_prepend_bos: bool = False
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.sliding_windows is not None and len(self.sliding_windows) != self.n_layers:
+            raise ValueError(f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers")
+
+    @property
+    def scale(self) -> float:
+        return self.attn_scale if self.attn_scale is not None else math.sqrt(self.d_head)
+
+    def window(self, layer: int) -> int | None:
+        return None if self.sliding_windows is None else self.sliding_windows[layer]
+
+    def layer_rotary(self, layer: int) -> RotaryConfig:
+        if self.local_rotary is not None and self.window(layer) is not None:
+            return self.local_rotary
+        return self.rotary
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the transformer blocks and embeddings (what the summary reports)."""
+        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
+        mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        embed = self.d_vocab * self.d_model * (1 if self.tied_embeddings else 2)
+        pos = self.n_ctx * self.d_model if self.positions == "learned" else 0
+        return self.n_layers * (attn + mlp) + embed + pos
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        data = json.loads(text)
+        for key in ("rotary", "local_rotary"):
+            if data.get(key) is not None:
+                data[key] = RotaryConfig(**data[key])
+        if data.get("sliding_windows") is not None:
+            data["sliding_windows"] = tuple(data["sliding_windows"])
+        return cls(**data)

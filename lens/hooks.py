@@ -1,0 +1,205 @@
+"""Hook points, hook names and the hook registry of a model.
+
+A HookPoint is an identity on the forward pass that user functions can observe
+or replace: `fn(activation, hook) -> activation | None`. With nothing attached
+it costs one attribute check. Names follow TransformerLens (`blocks.3.attn.hook_z`)
+and the short forms of its `get_act_name` (`("z", 3)`, `"resid_post"`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Union
+
+import torch
+from torch import nn
+
+from lens.errors import UnknownHookError
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], Union[torch.Tensor, None]]
+NameOrFilter = Union[str, tuple, Callable[[str], bool]]
+Direction = Literal["fwd", "bwd"]
+
+# Hook points that cost extra compute when used, so a cache of "everything"
+# leaves them out unless they are named (TransformerLens gates them behind flags).
+ON_REQUEST = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
+
+
+class HookPoint(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.name: str = ""
+        self.fwd_fns: list[HookFn] = []
+        self.bwd_fns: list[HookFn] = []
+
+    def layer(self) -> int | None:
+        match = re.match(r"blocks\.(\d+)\.", self.name)
+        return int(match.group(1)) if match else None
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.fwd_fns or self.bwd_fns)
+
+    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is one branch.
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fwd_fns or self.bwd_fns):
+            return x
+        for fn in self.fwd_fns:
+            out = fn(x, self)
+            if out is not None:
+                x = out
+        if self.bwd_fns and x.requires_grad:
+            x.register_hook(self._run_bwd)
+        return x
+
+    def _run_bwd(self, grad: torch.Tensor) -> torch.Tensor:
+        for fn in self.bwd_fns:
+            out = fn(grad, self)
+            if out is not None:
+                grad = out
+        return grad
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class HookHandle:
+    point: HookPoint
+    fn: HookFn
+    direction: Direction
+    permanent: bool
+
+    def remove(self) -> None:
+        fns = self.point.fwd_fns if self.direction == "fwd" else self.point.bwd_fns
+        if self.fn in fns:
+            fns.remove(self.fn)
+
+
+# --- names -----------------------------------------------------------------------
+
+_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
+            "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
+_ATTN_NAMES = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores"}
+_MLP_NAMES = {"pre", "pre_linear", "mid", "post"}
+_LAYER_TYPES = {"a": "attn", "attention": "attn", "m": "mlp", "b": "", "block": "", "blocks": ""}
+
+
+def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """The full hook name for a short one, as TransformerLens's get_act_name.
+
+    act_name("resid_post", 5) == "blocks.5.hook_resid_post";
+    act_name("pattern", 3) == "blocks.3.attn.hook_pattern";
+    act_name("scale", 2, "ln1") == "blocks.2.ln1.hook_scale";
+    act_name("scale") == "ln_final.hook_scale"; act_name("embed") == "hook_embed".
+    """
+    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
+        return name
+    name = _ALIASES.get(name, name)
+    if layer_type is not None:
+        layer_type = _LAYER_TYPES.get(layer_type, layer_type)
+    elif name in _ATTN_NAMES:
+        layer_type = "attn"
+    elif name in _MLP_NAMES:
+        layer_type = "mlp"
+    if layer is None:
+        if name in ("scale", "normalized"):
+            return f"{layer_type or 'ln_final'}.hook_{name}"
+        if layer_type:
+            raise UnknownHookError(f"hook {name!r} of {layer_type!r} needs a layer index")
+        return f"hook_{name}"
+    prefix = f"blocks.{layer}." + (f"{layer_type}." if layer_type else "")
+    return f"{prefix}hook_{name}"
+
+
+def resolve_key(key, n_layers: int) -> str:
+    """A cache/hook key (full name, short name, or (name, layer[, layer_type])) → full name."""
+    if isinstance(key, tuple):
+        name, *rest = key
+        layer = rest[0] if rest else None
+        if isinstance(layer, int) and layer < 0:
+            layer += n_layers
+        return act_name(name, layer, rest[1] if len(rest) > 1 else None)
+    if isinstance(key, str):
+        return act_name(key)
+    raise TypeError(f"a hook key is a name or a (name, layer) tuple, not {type(key).__name__}")
+
+
+def unknown_hook(name: str, valid: Iterable[str]) -> UnknownHookError:
+    valid = list(valid)
+    near = difflib.get_close_matches(name, valid, n=6, cutoff=0.5)
+    hint = f" Nearest valid names: {', '.join(near)}." if near else ""
+    templates = sorted({re.sub(r"blocks\.\d+\.", "blocks.{i}.", v) for v in valid})
+    return UnknownHookError(
+        f"this model has no hook {name!r}.{hint} Hook points of this model: {', '.join(templates)}"
+    )
+
+
+class HookRegistry:
+    """The hook points of a model by name, and the hooks attached to them."""
+
+    def __init__(self, points: dict[str, HookPoint], n_layers: int):
+        self.points = points
+        self.n_layers = n_layers
+        self.handles: list[HookHandle] = []
+        for name, point in points.items():
+            point.name = name
+
+    def resolve(self, key) -> str:
+        name = resolve_key(key, self.n_layers)
+        if name not in self.points:
+            raise unknown_hook(name, self.points)
+        return name
+
+    def select(self, name_or_filter: NameOrFilter, include_on_request: bool = True) -> list[str]:
+        """The names a hook target covers; a target that covers nothing is an error."""
+        if callable(name_or_filter):
+            names = [n for n in self.points if name_or_filter(n)]
+            if not include_on_request:
+                names = [n for n in names if n.rsplit(".", 1)[-1] not in ON_REQUEST]
+            if not names:
+                raise unknown_hook("<filter matching nothing>", self.points)
+            return names
+        if isinstance(name_or_filter, (list, set)):
+            return [self.resolve(k) for k in name_or_filter]
+        return [self.resolve(name_or_filter)]
+
+    def add(self, name_or_filter: NameOrFilter, fn: HookFn, direction: Direction = "fwd",
+            permanent: bool = False, prepend: bool = False) -> list[HookHandle]:
+        if direction not in ("fwd", "bwd"):
+            raise ValueError(f"hook direction must be 'fwd' or 'bwd', not {direction!r}")
+        added = []
+        for name in self.select(name_or_filter):
+            point = self.points[name]
+            fns = point.fwd_fns if direction == "fwd" else point.bwd_fns
+            fns.insert(0, fn) if prepend else fns.append(fn)
+            added.append(HookHandle(point, fn, direction, permanent))
+        self.handles.extend(added)
+        return added
+
+    def remove(self, handles: Iterable[HookHandle]) -> None:
+        for handle in handles:
+            handle.remove()
+            if handle in self.handles:
+                self.handles.remove(handle)
+
+    def reset(self, including_permanent: bool = False) -> None:
+        self.remove([h for h in list(self.handles) if including_permanent or not h.permanent])
+
+    def hooked(self) -> list[str]:
+        return [name for name, point in self.points.items() if point.has_hooks]
+
+    @contextmanager
+    def attached(self, fwd_hooks=(), bwd_hooks=()):
+        handles = []
+        try:
+            for target, fn in fwd_hooks:
+                handles += self.add(target, fn, "fwd")
+            for target, fn in bwd_hooks:
+                handles += self.add(target, fn, "bwd")
+            yield
+        finally:
+            self.remove(handles)

@@ -1,0 +1,131 @@
+"""Multi-head attention with grouped-query heads, rotary, qk-norm, soft-cap and sliding windows.
+
+Uses `scaled_dot_product_attention` unless a hook asks for the scores or the
+pattern (or a soft-cap needs them); then it computes them explicitly, with the
+softmax in fp32 as HF's eager attention does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lens.config import ModelConfig
+from lens.hooks import HookPoint
+from lens.model.norm import Norm
+from lens.model.rotary import rotate
+from lens.model.weights import Weights
+
+
+@dataclass
+class ForwardContext:
+    """What every block of one forward pass shares: positions, masks, rotary angles."""
+
+    positions: torch.Tensor  # [batch, pos]
+    key_valid: torch.Tensor | None  # [batch, k_pos] bool, None when nothing is padded
+    rotary: dict = field(default_factory=dict)  # RotaryConfig -> (cos, sin)
+    _masks: dict = field(default_factory=dict)
+
+    def mask(self, window: int | None) -> torch.Tensor | None:
+        """[batch, 1, pos, k_pos] bool (True = attend), or None for plain causal attention."""
+        n = self.positions.shape[1]
+        if self.key_valid is None and (window is None or window >= n):
+            return None
+        if window not in self._masks:
+            q = torch.arange(n, device=self.positions.device)[:, None]
+            k = torch.arange(n, device=self.positions.device)[None, :]
+            allowed = (k <= q)[None]
+            if window is not None:
+                allowed = allowed & (q - k < window)
+            if self.key_valid is not None:
+                # A padding query attends to itself only, so no softmax row is empty.
+                allowed = allowed & (self.key_valid[:, None, :] | (k == q)[None])
+            self._masks[window] = allowed[:, None]
+        return self._masks[window]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: Weights, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        object.__setattr__(self, "weights", weights)  # shared with the model, not a submodule
+        self.rotary = cfg.layer_rotary(layer) if cfg.positions == "rotary" else None
+        self.window = cfg.window(layer)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = Norm(cfg, kind="rmsnorm"), Norm(cfg, kind="rmsnorm")
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        if self.rotary is not None:
+            self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, pos, k_pos]
+        self.hook_pattern = HookPoint()  # [batch, n_heads, pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model], computed only when hooked
+
+    def W(self, name: str) -> torch.Tensor:
+        """This layer's per-head view of a weight: W_Q [n_heads, d_model, d_head], W_O [n_heads, d_head, d_model]."""
+        return self.weights.head_view(name)[self.layer]
+
+    W_Q = property(lambda self: self.W("W_Q"))
+    W_K = property(lambda self: self.W("W_K"))
+    W_V = property(lambda self: self.W("W_V"))
+    W_O = property(lambda self: self.W("W_O"))
+    b_Q = property(lambda self: self.W("b_Q"))
+    b_K = property(lambda self: self.W("b_K"))
+    b_V = property(lambda self: self.W("b_V"))
+    b_O = property(lambda self: self.weights.b_O[self.layer])
+
+    def project(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """x [batch, pos, d_model] (shared) or [batch, pos, heads, d_model] (per head) → [batch, pos, heads, d_head]."""
+        w, b = getattr(self.weights, name)[self.layer], getattr(self.weights, "b" + name[1:])[self.layer]
+        if x.dim() == 3:
+            return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:2], -1, self.cfg.d_head)
+        return torch.einsum("bphd,hde->bphe", x, self.W(name)) + self.W("b" + name[1:])
+
+    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        cfg, w = self.cfg, self.weights
+        q = self.hook_q(self.project(q_in, "W_Q"))
+        k = self.hook_k(self.project(k_in, "W_K"))
+        v = self.hook_v(self.project(v_in, "W_V"))
+        if cfg.qk_norm:
+            q = self.q_norm(q, w.q_norm_w[self.layer])
+            k = self.k_norm(k, w.k_norm_w[self.layer])
+        if self.rotary is not None:
+            cos, sin = ctx.rotary[self.rotary]
+            q = self.hook_rot_q(rotate(q, cos, sin, self.rotary.style))
+            k = self.hook_rot_k(rotate(k, cos, sin, self.rotary.style))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, heads, pos, d_head]
+        mask = ctx.mask(self.window)
+        explicit = (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+                    or cfg.attn_logit_softcap is not None)
+        if explicit:
+            z = self.explicit_attention(q, k, v, mask)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               scale=1.0 / cfg.scale, enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, n_heads, d_head]
+        if self.hook_result.has_hooks:
+            result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
+            return result.sum(2) + w.b_O[self.layer]
+        return torch.addmm(w.b_O[self.layer], z.reshape(-1, cfg.n_heads * cfg.d_head),
+                           w.W_O[self.layer]).view(*z.shape[:2], cfg.d_model)
+
+    def explicit_attention(self, q, k, v, mask):
+        cfg = self.cfg
+        group = cfg.n_heads // cfg.n_kv_heads
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        scores = q @ k.transpose(-1, -2) / cfg.scale  # [batch, n_heads, pos, k_pos]
+        if cfg.attn_logit_softcap is not None:
+            scores = torch.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
+        if mask is None:
+            n = scores.shape[-1]
+            mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        return pattern @ v

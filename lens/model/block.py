@@ -1,0 +1,76 @@
+"""A transformer block: attention and MLP, sequential or parallel, with optional post-norms."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lens.config import ModelConfig
+from lens.hooks import HookPoint
+from lens.model.attention import Attention, ForwardContext
+from lens.model.mlp import MLP
+from lens.model.norm import Norm
+from lens.model.weights import Weights
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: Weights, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        object.__setattr__(self, "weights", weights)  # shared with the model, not a submodule
+        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        if cfg.post_norms:
+            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
+        self.attn = Attention(cfg, weights, layer)
+        self.mlp = MLP(cfg, weights, layer)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        # Per-head copies of the attention input, built only when hooked (TransformerLens's
+        # use_attn_in / use_split_qkv_input), pre-norm: [batch, pos, n_heads | n_kv_heads, d_model].
+        self.hook_attn_in = HookPoint()
+        self.hook_q_input = HookPoint()
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        if not cfg.parallel_attn_mlp:
+            self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], pre-norm
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        bias = getattr(w, f"{name}_b")[self.layer] if self.cfg.norm == "layernorm" else None
+        return getattr(self, name)(x, getattr(w, f"{name}_w")[self.layer], bias)
+
+    def attention_inputs(self, resid_pre: torch.Tensor):
+        """Normalised query, key and value inputs: shared [batch, pos, d_model] unless per-head hooks ask."""
+        per_head = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        if not any(point.has_hooks for point in per_head):
+            x = self.norm("ln1", resid_pre)
+            return x, x, x
+        cfg = self.cfg
+        attn_in = self.hook_attn_in(resid_pre[:, :, None].expand(-1, -1, cfg.n_heads, -1).clone())
+        # A key/value head is shared by a group of query heads; it reads its group's first head.
+        kv_in = attn_in[:, :, :: cfg.n_heads // cfg.n_kv_heads]
+        q_in = self.hook_q_input(attn_in)
+        k_in = self.hook_k_input(kv_in.clone())
+        v_in = self.hook_v_input(kv_in.clone())
+        return self.norm("ln1", q_in), self.norm("ln1", k_in), self.norm("ln1", v_in)
+
+    def forward(self, resid_pre: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.attn(*self.attention_inputs(resid_pre), ctx)
+        if self.cfg.post_norms:
+            attn_out = self.norm("ln1_post", attn_out)
+        attn_out = self.hook_attn_out(attn_out)
+        if self.cfg.parallel_attn_mlp:
+            mlp_in = resid_pre
+        else:
+            mlp_in = resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.mlp(self.norm("ln2", self.hook_mlp_in(mlp_in)))
+        if self.cfg.post_norms:
+            mlp_out = self.norm("ln2_post", mlp_out)
+        mlp_out = self.hook_mlp_out(mlp_out)
+        if self.cfg.parallel_attn_mlp:
+            return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+        return self.hook_resid_post(resid_mid + mlp_out)

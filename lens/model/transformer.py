@@ -1,0 +1,314 @@
+"""HookedTransformer: embed → blocks → final norm → unembed, with a named hook at every activation.
+
+The class composes the components and holds the hook API. Loading lives in
+lens/loading, caching in lens/cache, tokenization in lens/tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lens import tokens as tok
+from lens.config import ModelConfig
+from lens.errors import HookWouldNotFireError, SequenceTooLongError
+from lens.hooks import HookPoint, HookRegistry, NameOrFilter, HookFn
+from lens.model.attention import ForwardContext
+from lens.model.block import Block
+from lens.model.norm import Norm
+from lens.model.rotary import cos_sin, inverse_frequencies
+from lens.model.weights import Weights
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor  # [batch, pos, d_vocab]
+    loss: torch.Tensor
+
+
+def _stacked(name: str, doc: str):
+    return property(lambda self: self.weights.head_view(name), doc=doc)
+
+
+class HookedTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer=None, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.weights = Weights(cfg, dtype=dtype, device=device)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        if cfg.positions == "learned":
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList(Block(cfg, self.weights, i) for i in range(cfg.n_layers))
+        self.ln_final = Norm(cfg)
+        self.rotary_configs = sorted({cfg.layer_rotary(i) for i in range(cfg.n_layers)}, key=repr) \
+            if cfg.positions == "rotary" else []
+        for i, rc in enumerate(self.rotary_configs):
+            self.register_buffer(f"inv_freq_{i}", inverse_frequencies(rc, cfg.d_head).to(device), persistent=False)
+        self.hook_dict: dict[str, HookPoint] = {n: m for n, m in self.named_modules() if isinstance(m, HookPoint)}
+        self._hooks = HookRegistry(self.hook_dict, cfg.n_layers)
+        self.load_info: dict = {}  # where the weights came from; set by the loader
+
+    # --- construction (implemented in lens.loading) ---------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs) -> "HookedTransformer":
+        """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file."""
+        from lens.loading import load_pretrained
+        return load_pretrained(name_or_path, **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg, seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
+                    tokenizer=None) -> "HookedTransformer":
+        """Random weights (normal, std 0.02) for a ModelConfig or an HF config."""
+        from lens.loading import model_config
+        cfg = cfg if isinstance(cfg, ModelConfig) else model_config(cfg)
+        model = cls(cfg, tokenizer=tokenizer, dtype=dtype, device=device)
+        model.weights.init_random(seed)
+        return model
+
+    # --- weights, as views (stacked over layers; per layer on model.blocks[i]) ------
+
+    W_Q = _stacked("W_Q", "[n_layers, n_heads, d_model, d_head]")
+    W_K = _stacked("W_K", "[n_layers, n_kv_heads, d_model, d_head]")
+    W_V = _stacked("W_V", "[n_layers, n_kv_heads, d_model, d_head]")
+    W_O = _stacked("W_O", "[n_layers, n_heads, d_head, d_model]")
+    b_Q = _stacked("b_Q", "[n_layers, n_heads, d_head]")
+    b_K = _stacked("b_K", "[n_layers, n_kv_heads, d_head]")
+    b_V = _stacked("b_V", "[n_layers, n_kv_heads, d_head]")
+    b_O = property(lambda self: self.weights.b_O, doc="[n_layers, d_model]")
+    W_in = property(lambda self: self.weights.W_in, doc="[n_layers, d_model, d_mlp]")
+    W_gate = property(lambda self: self.weights.W_gate, doc="[n_layers, d_model, d_mlp]")
+    W_out = property(lambda self: self.weights.W_out, doc="[n_layers, d_mlp, d_model]")
+    b_in = property(lambda self: self.weights.b_in, doc="[n_layers, d_mlp]")
+    b_out = property(lambda self: self.weights.b_out, doc="[n_layers, d_model]")
+    W_E = property(lambda self: self.weights.W_E, doc="[d_vocab, d_model]")
+    W_pos = property(lambda self: self.weights.W_pos, doc="[n_ctx, d_model]")
+    W_U = property(lambda self: self.weights.unembedding(), doc="[d_model, d_vocab]")
+    b_U = property(lambda self: self.weights.b_U, doc="[d_vocab]")
+
+    # --- hooks -------------------------------------------------------------------
+
+    def add_hook(self, name: NameOrFilter, hook: HookFn, dir: str = "fwd", is_permanent: bool = False,
+                 prepend: bool = False):
+        """Attach `hook(activation, hook_point) -> activation | None` until reset_hooks()."""
+        return self._hooks.add(name, hook, dir, permanent=is_permanent, prepend=prepend)
+
+    def reset_hooks(self, including_permanent: bool = False) -> None:
+        self._hooks.reset(including_permanent)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=()):
+        """Hooks attached for the duration of a with-block, removed on exit (also on error)."""
+        with self._hooks.attached(fwd_hooks, bwd_hooks):
+            yield self
+
+    def run_with_hooks(self, input, *model_args, fwd_hooks=(), bwd_hooks=(), **model_kwargs):
+        """Forward with hooks attached for this call only. Backward hooks fire on a later .backward()."""
+        with self._hooks.attached(fwd_hooks, bwd_hooks):
+            return self(input, *model_args, **model_kwargs)
+
+    def run_with_cache(self, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,
+                       incl_bwd=False, **model_kwargs):
+        """(output, ActivationCache). names_filter: a name, short name, list, or predicate; None = all
+        hook points except the on-request ones (hook_result and the per-head input hooks)."""
+        from lens.cache import run_with_cache
+        return run_with_cache(self, input, *model_args, names_filter=names_filter, device=device,
+                              remove_batch_dim=remove_batch_dim, incl_bwd=incl_bwd, **model_kwargs)
+
+    def firing_hooks(self, start_at_layer: int | None = None, stop_at_layer: int | None = None) -> list[str]:
+        """The hook points a forward with these bounds passes through."""
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        names = []
+        for name, point in self.hook_dict.items():
+            layer = point.layer()
+            if layer is not None:
+                fires = start <= layer < stop
+            elif name.startswith("ln_final"):
+                fires = stop == self.cfg.n_layers
+            else:  # hook_embed, hook_pos_embed
+                fires = start == 0
+            if fires:
+                names.append(name)
+        return names
+
+    def _check_hooks_fire(self, start_at_layer, stop_at_layer) -> None:
+        hooked = self._hooks.hooked()
+        if not hooked or (start_at_layer is None and stop_at_layer is None):
+            return
+        silent = sorted(set(hooked) - set(self.firing_hooks(start_at_layer, stop_at_layer)))
+        if silent:
+            raise HookWouldNotFireError(
+                f"hooks are attached to {silent}, which a forward with start_at_layer={start_at_layer}, "
+                f"stop_at_layer={stop_at_layer} never reaches; remove them or widen the layer range")
+
+    def _layer_range(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
+        n = self.cfg.n_layers
+        start = 0 if start_at_layer is None else start_at_layer
+        stop = n if stop_at_layer is None else stop_at_layer
+        start, stop = start + n if start < 0 else start, stop + n if stop < 0 else stop
+        if not (0 <= start <= stop <= n):
+            raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} do not give a "
+                             f"layer range within 0..{n} (n_layers={n})")
+        return start, stop
+
+    # --- tokenization ------------------------------------------------------------
+
+    def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
+                  padding_side: str | None = None) -> torch.Tensor:
+        """[batch, pos] token ids; lists are padded (right by default)."""
+        return tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side)[0].to(self.device)
+
+    def to_string(self, tokens) -> str | list[str]:
+        tokens = torch.as_tensor(tokens)
+        tokenizer = tok.require_tokenizer(self.tokenizer)
+        if tokens.dim() <= 1:
+            return tokenizer.decode(tokens.tolist())
+        return [tokenizer.decode(row.tolist()) for row in tokens]
+
+    def to_str_tokens(self, input, prepend_bos: bool | None = None) -> list[str]:
+        """Each token as its own string, e.g. ['The', ' E', 'iff', 'el', ...]."""
+        if isinstance(input, str):
+            input = self.to_tokens(input, prepend_bos)[0]
+        input = torch.as_tensor(input)
+        if input.dim() == 2:
+            if input.shape[0] != 1:
+                raise ValueError(f"to_str_tokens takes one sequence, got a batch of {input.shape[0]}")
+            input = input[0]
+        return tok.str_tokens(self.tokenizer, input)
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token; raises, naming the pieces, otherwise."""
+        return tok.to_single_token(self.tokenizer, string)
+
+    def get_token_position(self, single_token: str | int, input, mode: str = "first",
+                           prepend_bos: bool | None = None) -> int:
+        """Index of a token in a 1-sequence input ('first' or 'last' occurrence)."""
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        seq = self.to_tokens(input, prepend_bos)[0] if isinstance(input, str) else torch.as_tensor(input).flatten()
+        hits = (seq == token).nonzero().flatten().tolist()
+        if not hits:
+            raise ValueError(f"token {token} ({self.tokenizer.decode([token])!r}) is not in the input")
+        if mode not in ("first", "last"):
+            raise ValueError(f"mode must be 'first' or 'last', not {mode!r}")
+        return hits[0] if mode == "first" else hits[-1]
+
+    # --- forward -----------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.W_E.dtype
+
+    def _tokens_and_mask(self, input, prepend_bos, padding_side, attention_mask):
+        if isinstance(input, torch.Tensor):
+            tokens = input[None] if input.dim() == 1 else input
+            if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+                raise TypeError(f"a token tensor must hold integer ids, not {tokens.dtype} "
+                                f"(pass a residual stream only with start_at_layer)")
+            mask = attention_mask
+        else:
+            tokens, mask = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side)
+            if attention_mask is not None:
+                mask = attention_mask
+        tokens = tokens.to(self.device)
+        mask = None if mask is None else torch.as_tensor(mask, device=self.device)
+        return tokens, mask
+
+    def forward(self, input, return_type: str | None = "logits", prepend_bos: bool | None = None,
+                padding_side: str | None = None, attention_mask: torch.Tensor | None = None,
+                start_at_layer: int | None = None, stop_at_layer: int | None = None,
+                loss_per_token: bool = False, tokens: torch.Tensor | None = None):
+        """input: a string, a list of strings (padded, masked), token ids [batch, pos], or, with
+        start_at_layer, the residual stream [batch, pos, d_model] entering that layer (pass `tokens`
+        too for a loss). Returns logits [batch, pos, d_vocab], the loss, Output(logits, loss), None,
+        or, with stop_at_layer, the residual stream entering that layer."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        self._check_hooks_fire(start_at_layer, stop_at_layer)
+        if start_at_layer is None:
+            tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask)
+            resid = None
+        else:
+            resid = input
+            mask = None if attention_mask is None else attention_mask.to(self.device)
+        batch, n = (tokens.shape if resid is None else resid.shape[:2])
+        if n > self.cfg.n_ctx:
+            raise SequenceTooLongError(f"the input is {n} tokens; this model's context window (n_ctx) is "
+                                       f"{self.cfg.n_ctx}. Shorten the prompt or split it.")
+        ctx = self._context(batch, n, mask)
+        if resid is None:
+            resid = self._embed(tokens, ctx.positions)
+        for block in self.blocks[start:stop]:
+            resid = block(resid, ctx)
+        if stop < self.cfg.n_layers:
+            return resid
+        if return_type is None:
+            return None
+        logits = self.unembed(resid)
+        if return_type == "logits":
+            return logits
+        if tokens is None:
+            raise ValueError("a loss needs the tokens: pass tokens=... together with start_at_layer")
+        loss = next_token_loss(logits, tokens, mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else Output(logits, loss)
+
+    def _context(self, batch: int, n: int, mask: torch.Tensor | None) -> ForwardContext:
+        if mask is not None and bool(mask.all()):
+            mask = None
+        if mask is None:
+            positions = torch.arange(n, device=self.device).expand(batch, n)
+        else:  # padded rows count positions from their first real token
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        ctx = ForwardContext(positions=positions, key_valid=None if mask is None else mask.bool())
+        for i, rc in enumerate(self.rotary_configs):
+            ctx.rotary[rc] = cos_sin(getattr(self, f"inv_freq_{i}"), positions, rc.style, self.dtype)
+        return ctx
+
+    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        embed = self.weights.W_E[tokens]
+        if self.cfg.embed_scale != 1.0:  # HF casts the scale to the weight dtype first (Gemma)
+            embed = embed * torch.tensor(self.cfg.embed_scale, dtype=embed.dtype)
+        resid = self.hook_embed(embed)
+        if self.cfg.positions == "learned":
+            resid = resid + self.hook_pos_embed(self.weights.W_pos[positions])
+        return resid
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Final norm and unembedding of a residual stream [batch, pos, d_model] → logits."""
+        w = self.weights
+        x = self.ln_final(resid, w.ln_final_w, w.ln_final_b if self.cfg.norm == "layernorm" else None)
+        logits = torch.matmul(x, w.unembedding()) + w.b_U
+        if self.cfg.final_logit_softcap is not None:
+            cap = self.cfg.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def summary(self) -> str:
+        from lens.loading.summary import summary
+        return summary(self)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"HookedTransformer({c.model_type}: {c.n_layers} layers, d_model={c.d_model}, "
+                f"{c.n_heads} heads ({c.n_kv_heads} kv), d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, {self.dtype})")
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None,
+                    per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of predicting tokens[:, 1:]; padded targets are left out.
+    per_token → [batch, pos - 1] (0 at padding); otherwise the mean over real targets."""
+    losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten(),
+                             reduction="none").view(tokens.shape[0], -1)
+    if mask is None:
+        return losses if per_token else losses.mean()
+    valid = (mask[:, 1:].bool() & mask[:, :-1].bool()).to(losses.dtype)
+    losses = losses * valid
+    return losses if per_token else losses.sum() / valid.sum()

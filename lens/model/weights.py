@@ -1,0 +1,95 @@
+"""All parameters of a model, stored once, stacked over layers, in the layout the forward consumes.
+
+Projections are stored as matmul weights `x @ W` ([d_in, d_out]); the per-head
+TransformerLens shapes (`W_Q [n_layers, n_heads, d_model, d_head]`, ...) are
+views of them, so reading or editing `model.W_Q` or `model.blocks[3].attn.W_O`
+touches the very tensors the forward uses. Biases that an architecture lacks are
+stored as zeros (TransformerLens does the same), so every analysis can add them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lens.config import ModelConfig
+
+
+def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter name → shape. Converters produce exactly these names."""
+    L, D, H, K, E, M, V = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads,
+                           cfg.d_head, cfg.d_mlp, cfg.d_vocab)
+    shapes = {
+        "W_E": (V, D),
+        "W_Q": (L, D, H * E), "b_Q": (L, H * E),
+        "W_K": (L, D, K * E), "b_K": (L, K * E),
+        "W_V": (L, D, K * E), "b_V": (L, K * E),
+        "W_O": (L, H * E, D), "b_O": (L, D),
+        "W_in": (L, D, M), "b_in": (L, M),
+        "W_out": (L, M, D), "b_out": (L, D),
+        "ln1_w": (L, D), "ln2_w": (L, D), "ln_final_w": (D,),
+        "b_U": (V,),
+    }
+    if cfg.positions == "learned":
+        shapes["W_pos"] = (cfg.n_ctx, D)
+    if not cfg.tied_embeddings:
+        shapes["W_U"] = (D, V)
+    if cfg.gated_mlp:
+        shapes["W_gate"] = (L, D, M)
+    if cfg.norm == "layernorm":
+        shapes |= {"ln1_b": (L, D), "ln2_b": (L, D), "ln_final_b": (D,)}
+    if cfg.post_norms:
+        shapes |= {"ln1_post_w": (L, D), "ln2_post_w": (L, D)}
+    if cfg.qk_norm:
+        shapes |= {"q_norm_w": (L, E), "k_norm_w": (L, E)}
+    return shapes
+
+
+class Weights(nn.Module):
+    """The parameters, as `nn.Parameter`s named by `parameter_shapes`."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.cfg = cfg
+        for name, shape in parameter_shapes(cfg).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=dtype, device=device)))
+
+    @torch.no_grad()
+    def init_random(self, seed: int, std: float = 0.02) -> None:
+        """Normal(0, std) matrices, zero biases, unit norm weights (zero for Gemma's 1+w)."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.startswith("b_") or name.endswith("_b"):
+                param.zero_()
+            elif name.endswith("_w"):
+                param.fill_(1.0 - self.cfg.norm_weight_offset)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy converted tensors in; every parameter must be given, with its exact shape."""
+        expected = dict(self.named_parameters())
+        missing, extra = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
+        if missing or extra:
+            raise ValueError(f"converted weights do not match the config: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        with torch.no_grad():
+            for name, param in expected.items():
+                if tuple(tensors[name].shape) != tuple(param.shape):
+                    raise ValueError(f"{name}: converted shape {tuple(tensors[name].shape)}, "
+                                     f"expected {tuple(param.shape)}")
+                param.copy_(tensors[name])
+
+    # Per-head views, with a leading layer axis. A block indexes them with [layer].
+    def head_view(self, name: str) -> torch.Tensor:
+        cfg, w = self.cfg, getattr(self, name)
+        heads = cfg.n_heads if name in ("W_Q", "b_Q", "W_O") else cfg.n_kv_heads
+        if name == "W_O":  # [L, H*E, D] -> [L, H, E, D]
+            return w.view(cfg.n_layers, heads, cfg.d_head, cfg.d_model)
+        if name.startswith("b_"):  # [L, H*E] -> [L, H, E]
+            return w.view(cfg.n_layers, heads, cfg.d_head)
+        # [L, D, H*E] -> [L, H, D, E]
+        return w.view(cfg.n_layers, cfg.d_model, heads, cfg.d_head).permute(0, 2, 1, 3)
+
+    def unembedding(self) -> torch.Tensor:  # [d_model, d_vocab]; a view of W_E when tied
+        return self.W_E.T if self.cfg.tied_embeddings else self.W_U
