@@ -52,11 +52,14 @@ class HookPoint(nn.Module):
             if out is not None:
                 x = out
         if self.bwd_fns and x.requires_grad:
-            x.register_hook(self._run_bwd)
+            # The hooks attached now fire on this graph's backward, even if run_with_hooks
+            # has detached them by the time .backward() is called.
+            fns = tuple(self.bwd_fns)
+            x.register_hook(lambda grad: self._run_bwd(grad, fns))
         return x
 
-    def _run_bwd(self, grad: torch.Tensor) -> torch.Tensor:
-        for fn in self.bwd_fns:
+    def _run_bwd(self, grad: torch.Tensor, fns) -> torch.Tensor:
+        for fn in fns:
             out = fn(grad, self)
             if out is not None:
                 grad = out

@@ -52,9 +52,9 @@ class Block(nn.Module):
         attn_in = self.hook_attn_in(resid_pre[:, :, None].expand(-1, -1, cfg.n_heads, -1).clone())
         # A key/value head is shared by a group of query heads; it reads its group's first head.
         kv_in = attn_in[:, :, :: cfg.n_heads // cfg.n_kv_heads]
-        q_in = self.hook_q_input(attn_in)
         k_in = self.hook_k_input(kv_in.clone())
         v_in = self.hook_v_input(kv_in.clone())
+        q_in = self.hook_q_input(attn_in)
         return self.norm("ln1", q_in), self.norm("ln1", k_in), self.norm("ln1", v_in)
 
     def forward(self, resid_pre: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""Tiny random-weight HF models of every supported family, built offline from configs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                          MistralConfig, Qwen2Config)
+
+TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
+            max_position_embeddings=64)
+
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=96, n_positions=64, n_embd=64, n_layer=3, n_head=4),
+    "gpt_neox": lambda: GPTNeoXConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                "partial_rotary_factor": 0.25}),
+    "gpt_neox_sequential": lambda: GPTNeoXConfig(**TINY, use_parallel_residual=False),
+    "llama": lambda: LlamaConfig(**TINY, num_key_value_heads=2),
+    "llama3_rope": lambda: LlamaConfig(**TINY, num_key_value_heads=2, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "llama_tied": lambda: LlamaConfig(**TINY, tie_word_embeddings=True),
+    "mistral": lambda: MistralConfig(**TINY, num_key_value_heads=2, head_dim=16, sliding_window=4),
+    "qwen2": lambda: Qwen2Config(**TINY, num_key_value_heads=2),
+    "gemma3_text": lambda: Gemma3TextConfig(
+        **TINY, num_key_value_heads=1, head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 4.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+}
+
+
+def build(name: str, seed: int = 0):
+    """An HF model (eager attention, eval) whose every parameter, biases and norms included, is random."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIGS[name](), attn_implementation="eager").eval()
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            is_norm = "norm" in pname or "ln" in pname.split(".")[-2]
+            if is_norm and pname.endswith("weight"):
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+            else:
+                param.copy_(0.1 * torch.randn_like(param))
+    return model
+
+
+def decoder_layers(model) -> list:
+    base = getattr(model, "transformer", None) or getattr(model, "gpt_neox", None) or model.model
+    return list(getattr(base, "h", None) or base.layers)
+
+
+def layer_outputs(model, tokens, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits, each decoder layer's output residual) of an HF forward."""
+    outputs = []
+
+    def grab(module, args, output):
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(grab) for layer in decoder_layers(model)]
+    try:
+        with torch.no_grad():
+            logits = model(tokens, **kwargs).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, outputs
