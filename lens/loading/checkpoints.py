@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from lens.errors import CorruptCheckpointError, ModelFileNotFoundError, UnknownModelError
+from lens.loading.families import family_for
 
 
 @dataclass
@@ -27,7 +28,9 @@ def read_folder(folder: Path) -> HFCheckpoint:
 
     if not (folder / "config.json").exists():
         raise ModelFileNotFoundError(f"{folder} has no config.json: not a model folder as save_pretrained writes it")
-    return HFCheckpoint(AutoConfig.from_pretrained(folder), read_weights(folder), read_tokenizer(folder))
+    hf_config = AutoConfig.from_pretrained(folder)
+    family_for(hf_config.model_type)  # an unsupported architecture fails before its weights are read
+    return HFCheckpoint(hf_config, read_weights(folder), read_tokenizer(folder))
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
