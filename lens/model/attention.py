@@ -16,6 +16,7 @@ from torch import nn
 from lens.config import ModelConfig
 from lens.hooks import HookPoint
 from lens.model.norm import Norm
+from lens.model.ops import linear
 from lens.model.rotary import rotate
 from lens.model.weights import Weights
 
@@ -84,7 +85,7 @@ class Attention(nn.Module):
         """x [batch, pos, d_model] (shared) or [batch, pos, heads, d_model] (per head) → [batch, pos, heads, d_head]."""
         w, b = getattr(self.weights, name)[self.layer], getattr(self.weights, "b" + name[1:])[self.layer]
         if x.dim() == 3:
-            return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:2], -1, self.cfg.d_head)
+            return linear(x, w, b).unflatten(-1, (-1, self.cfg.d_head))
         return torch.einsum("bphd,hde->bphe", x, self.W(name)) + self.W("b" + name[1:])
 
     def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -112,8 +113,7 @@ class Attention(nn.Module):
         if self.hook_result.has_hooks:
             result = self.hook_result(torch.einsum("bphe,hed->bphd", z, self.W_O))
             return result.sum(2) + w.b_O[self.layer]
-        return torch.addmm(w.b_O[self.layer], z.reshape(-1, cfg.n_heads * cfg.d_head),
-                           w.W_O[self.layer]).view(*z.shape[:2], cfg.d_model)
+        return linear(z.flatten(-2), w.W_O[self.layer], w.b_O[self.layer])
 
     def explicit_attention(self, q, k, v, mask):
         cfg = self.cfg

