@@ -1,0 +1,34 @@
+"""The README's quick start runs as written and prints what its comments say."""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.real_model
+def test_readme_quick_start_prints_what_its_comments_say():
+    code = python_blocks(README.read_text())[0]
+    expected = [line.split("  # ")[-1].strip() for line in code.splitlines()
+                if line.startswith("print(") and "  # " in line]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), {})
+    assert out.getvalue().splitlines() == expected
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert [l for l in ci.splitlines() if l and not l.startswith(("#", "set ", "cd "))] == ["make test"]
