@@ -61,7 +61,6 @@ def run(shapes=((1, 64), (8, 128)), repeats: int = 7) -> list[dict]:
                          "forward_ratio": t["lens"] / t["hf_sdpa"],
                          "cache_ms": 1e3 * t["lens_cache"], "hf_eager_ms": 1e3 * t["hf_eager"],
                          "cache_ratio": t["lens_cache"] / t["hf_eager"]})
-        del hf_sdpa, hf_eager
     return rows
 
 

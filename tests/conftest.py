@@ -10,7 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fai
 
 from hf_models import build  # noqa: E402
 
-import lens  # noqa: E402
 from lens import HookedTransformer, ModelConfig  # noqa: E402
 
 

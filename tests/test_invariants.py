@@ -1,6 +1,5 @@
 """Algebraic facts every forward pass must satisfy, on random models of each block shape."""
 
-import pytest
 import torch
 
 from conftest import max_diff

@@ -39,6 +39,13 @@ class Checkpoint:
     def has(self, key: str) -> bool:
         return any(k in self.sd for k in (key, self.prefix + key, key.removeprefix(self.prefix)))
 
+    def unembedding(self, cfg: ModelConfig, key: str) -> StateDict:
+        """W_U (from `key`, an [d_vocab, d_model] weight, unless tied to W_E) and a zero b_U."""
+        out = {"b_U": torch.zeros(cfg.d_vocab)}
+        if not cfg.tied_embeddings:
+            out["W_U"] = self.get(key).T
+        return out
+
     def stack(self, template: str, transform=lambda t: t, zeros: tuple[int, ...] | None = None) -> torch.Tensor:
         """torch.stack over layers of transform(sd[template.format(i=layer)]); zeros if absent and allowed."""
         if zeros is not None and not self.has(template.format(i=0)):

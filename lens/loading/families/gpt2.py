@@ -1,6 +1,5 @@
 """GPT-2: learned positions, LayerNorm, Conv1D weights (already [d_in, d_out]), tied unembedding."""
 
-import torch
 
 from lens.config import ModelConfig
 from lens.errors import UnsupportedModelError
@@ -32,11 +31,8 @@ def convert(sd, cfg: ModelConfig):
         "ln1_w": ck.stack("h.{i}.ln_1.weight"), "ln1_b": ck.stack("h.{i}.ln_1.bias"),
         "ln2_w": ck.stack("h.{i}.ln_2.weight"), "ln2_b": ck.stack("h.{i}.ln_2.bias"),
         "ln_final_w": ck.get("ln_f.weight"), "ln_final_b": ck.get("ln_f.bias"),
-        "b_U": torch.zeros(cfg.d_vocab),
     }
-    if not cfg.tied_embeddings:
-        out["W_U"] = ck.get("lm_head.weight").T
-    return out
+    return out | ck.unembedding(cfg, "lm_head.weight")
 
 
 FAMILY = Family("GPT-2", ("gpt2",), config, convert,

@@ -44,11 +44,8 @@ def convert(sd, cfg: ModelConfig):
         "ln2_w": ck.stack("layers.{i}.post_attention_layernorm.weight"),
         "ln2_b": ck.stack("layers.{i}.post_attention_layernorm.bias"),
         "ln_final_w": ck.get("final_layer_norm.weight"), "ln_final_b": ck.get("final_layer_norm.bias"),
-        "b_U": torch.zeros(cfg.d_vocab),
     }
-    if not cfg.tied_embeddings:
-        out["W_U"] = ck.get("embed_out.weight").T
-    return out
+    return out | ck.unembedding(cfg, "embed_out.weight")
 
 
 FAMILY = Family("GPT-NeoX (Pythia)", ("gpt_neox",), config, convert,

@@ -53,7 +53,6 @@ def convert(sd, cfg: ModelConfig):
         "W_out": ck.stack(mlp + "down_proj.weight", t), "b_out": ck.stack(mlp + "down_proj.bias", zeros=(D,)),
         "ln1_w": ck.stack("layers.{i}.input_layernorm.weight"),
         "ln_final_w": ck.get("norm.weight"),
-        "b_U": torch.zeros(cfg.d_vocab),
     }
     if cfg.post_norms:  # Gemma: post_attention_layernorm is the attention output's norm
         out |= {"ln1_post_w": ck.stack("layers.{i}.post_attention_layernorm.weight"),
@@ -63,9 +62,7 @@ def convert(sd, cfg: ModelConfig):
         out["ln2_w"] = ck.stack("layers.{i}.post_attention_layernorm.weight")
     if cfg.qk_norm:
         out |= {"q_norm_w": ck.stack(attn + "q_norm.weight"), "k_norm_w": ck.stack(attn + "k_norm.weight")}
-    if not cfg.tied_embeddings:
-        out["W_U"] = ck.get("lm_head.weight").T
-    return out
+    return out | ck.unembedding(cfg, "lm_head.weight")
 
 
 _VERIFIED = "tiny random HF {}, fp32 eager: log_softmax and every layer's residual"
