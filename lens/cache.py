@@ -82,23 +82,15 @@ class ActivationCache:
 
 
 def cached_names(model, names_filter, start_at_layer=None, stop_at_layer=None) -> list[str]:
-    """The hook names run_with_cache stores for a names_filter."""
-    firing = model.firing_hooks(start_at_layer, stop_at_layer)
+    """The hook names run_with_cache stores. None and predicates leave out the on-request hooks
+    (hook_result, the per-head inputs, hook_mlp_in); naming one caches it."""
     if names_filter is None:
-        return [n for n in firing if n.rsplit(".", 1)[-1] not in ON_REQUEST]
-    if callable(names_filter):
-        names = [n for n in model.hook_dict if names_filter(n)]
-        if not names:
-            raise unknown_hook("<names_filter matching no hook>", model.hook_dict)
-        return names
-    keys = [names_filter] if isinstance(names_filter, (str, tuple)) else list(names_filter)
-    names = []
-    for key in keys:
-        name = resolve_key(key, model.cfg.n_layers)
-        if name not in model.hook_dict:
-            raise unknown_hook(name, model.hook_dict)
-        names.append(name)
-    return names
+        names = model.firing_hooks(start_at_layer, stop_at_layer)
+    elif callable(names_filter):
+        names = model._hooks.select(names_filter)
+    else:
+        return model._hooks.select(names_filter)
+    return [n for n in names if n.rsplit(".", 1)[-1] not in ON_REQUEST]
 
 
 def run_with_cache(model, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,

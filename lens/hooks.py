@@ -157,12 +157,10 @@ class HookRegistry:
             raise unknown_hook(name, self.points)
         return name
 
-    def select(self, name_or_filter: NameOrFilter, include_on_request: bool = True) -> list[str]:
+    def select(self, name_or_filter: NameOrFilter) -> list[str]:
         """The names a hook target covers; a target that covers nothing is an error."""
         if callable(name_or_filter):
             names = [n for n in self.points if name_or_filter(n)]
-            if not include_on_request:
-                names = [n for n in names if n.rsplit(".", 1)[-1] not in ON_REQUEST]
             if not names:
                 raise unknown_hook("<filter matching nothing>", self.points)
             return names

@@ -56,6 +56,18 @@ def test_sdpa_and_explicit_attention_give_the_same_logits(tiny_model):
     assert (fast - explicit).abs().max() <= 1e-5, max_diff(fast, explicit)
 
 
+def test_sdpa_and_explicit_attention_give_the_same_gradients(tiny_model):
+    def grad_of_W_Q(**kwargs):
+        tiny_model.zero_grad()
+        tiny_model(TOKENS, return_type="loss", **kwargs).backward()
+        return tiny_model.weights.W_Q.grad.clone()
+
+    fast = grad_of_W_Q()
+    with tiny_model.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), lambda x, hook: None)]):
+        explicit = grad_of_W_Q()
+    assert (fast - explicit).abs().max() <= 1e-5, max_diff(fast, explicit)
+
+
 def test_a_hook_that_returns_a_modified_tensor_changes_the_output(tiny_model):
     clean = tiny_model(TOKENS)
     zeroed = tiny_model.run_with_hooks(TOKENS, fwd_hooks=[(("mlp_out", 1), lambda x, hook: torch.zeros_like(x))])

@@ -120,12 +120,13 @@ class Attention(nn.Module):
         group = cfg.n_heads // cfg.n_kv_heads
         if group > 1:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        scores = q @ k.transpose(-1, -2) / cfg.scale  # [batch, n_heads, pos, k_pos]
+        # In-place steps: the cached scores are the only [batch, n_heads, pos, k_pos] buffer made here.
+        scores = (q @ k.transpose(-1, -2)).div_(cfg.scale)  # [batch, n_heads, pos, k_pos]
         if cfg.attn_logit_softcap is not None:
             scores = torch.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
         if mask is None:
             n = scores.shape[-1]
             mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        scores = self.hook_attn_scores(scores.masked_fill_(~mask, float("-inf")))
         pattern = self.hook_pattern(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         return pattern @ v
