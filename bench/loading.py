@@ -9,13 +9,14 @@ import sys
 import tempfile
 
 PROBE = """
-import json, resource, sys, time
+import json, re, sys, time
 import torch
 from lens import HookedTransformer
 started = time.perf_counter()
 model = HookedTransformer.from_pretrained(sys.argv[1], device="cpu")
 seconds = time.perf_counter() - started
-peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across exec.
+peak_mib = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
 print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib, "from_cache": model.load_info["from_cache"]}))
 """
 

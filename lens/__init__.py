@@ -2,9 +2,18 @@
 
 from lens.cache import ActivationCache
 from lens.config import ModelConfig, RotaryConfig
-from lens.errors import (CorruptCheckpointError, HookWouldNotFireError, InsufficientMemoryError, LensError,
-                         ModelFileNotFoundError, SequenceTooLongError, TokenizationError, UnknownHookError,
-                         UnknownModelError, UnsupportedModelError)
+from lens.errors import (
+                         CorruptCheckpointError,
+                         HookWouldNotFireError,
+                         InsufficientMemoryError,
+                         LensError,
+                         ModelFileNotFoundError,
+                         SequenceTooLongError,
+                         TokenizationError,
+                         UnknownHookError,
+                         UnknownModelError,
+                         UnsupportedModelError,
+)
 from lens.hooks import HookPoint, act_name
 from lens.loading import DEFAULT_MODEL, list_models, supported_families
 from lens.model.transformer import HookedTransformer, Output

@@ -12,6 +12,7 @@ import torch
 
 from lens.errors import HookWouldNotFireError
 from lens.hooks import ON_REQUEST, resolve_key, unknown_hook
+from lens.memory import keep_freed_memory
 
 
 class ActivationCache:
@@ -98,6 +99,7 @@ def run_with_cache(model, input, *model_args, names_filter=None, device=None, re
     """See HookedTransformer.run_with_cache. incl_bwd also stores gradients ("<name>_grad") by
     back-propagating the output, which must then be a scalar (return_type="loss")."""
     names = cached_names(model, names_filter, model_kwargs.get("start_at_layer"), model_kwargs.get("stop_at_layer"))
+    keep_freed_memory()
     store: dict[str, torch.Tensor] = {}
 
     def keep(key):

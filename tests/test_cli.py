@@ -15,6 +15,6 @@ def test_demo_prints_summary_top_tokens_and_a_row_per_layer(smollm2):
     assert "smollm2-135m (llama)" in text and "30 layers" in text
     top = text.split("top 5 next tokens:")[1].splitlines()[1]
     assert "' Paris'" in top
-    table = text.split("logit-lens top token")[1].strip().splitlines()
+    table = text.split("logit-lens top token (prob)\n")[1].strip().splitlines()
     assert [int(row.split()[0]) for row in table] == list(range(30))
     assert "' Paris'" in table[-1]

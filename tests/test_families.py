@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import max_diff
 from hf_models import CONFIGS, layer_outputs
+
 from lens import HookedTransformer, supported_families
 
 TOL = 1e-4

@@ -1,7 +1,6 @@
 """Algebraic facts every forward pass must satisfy, on random models of each block shape."""
 
 import torch
-
 from conftest import max_diff
 
 TOKENS = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -39,6 +38,7 @@ def test_pattern_rows_sum_to_one_and_are_causal(tiny_model):
 
 def test_sliding_window_layers_attend_only_within_the_window():
     from conftest import TINY_VARIANTS
+
     from lens import HookedTransformer
     model = HookedTransformer.from_config(TINY_VARIANTS["gemma_like"], seed=0)
     _, cache = model.run_with_cache(TOKENS)

