@@ -7,7 +7,7 @@ lens/loading, caching in lens/cache, tokenization in lens/tokens.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from lens.model.norm import Norm
 from lens.model.ops import linear
 from lens.model.rotary import cos_sin, inverse_frequencies
 from lens.model.weights import Weights
+from lens.tokens import PaddingSide
+
+ReturnType = Literal["logits", "loss", "both", None]
 
 
 class Output(NamedTuple):
@@ -56,10 +59,16 @@ class HookedTransformer(nn.Module):
     # --- construction (implemented in lens.loading) ---------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs) -> "HookedTransformer":
-        """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file."""
+    def from_pretrained(cls, name_or_path: str, *, device=None, dtype: torch.dtype = torch.float32,
+                        fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
+                        fold_value_biases: bool = False) -> "HookedTransformer":
+        """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file.
+        device None = cuda when available. The weight-processing flags are not implemented yet and
+        raise NotImplementedError when set."""
         from lens.loading import load_pretrained
-        return load_pretrained(name_or_path, **kwargs)
+        return load_pretrained(name_or_path, device=device, dtype=dtype, fold_ln=fold_ln,
+                               center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                               fold_value_biases=fold_value_biases)
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
@@ -222,8 +231,8 @@ class HookedTransformer(nn.Module):
         mask = None if mask is None else torch.as_tensor(mask, device=self.device)
         return tokens, mask
 
-    def forward(self, input, return_type: str | None = "logits", prepend_bos: bool | None = None,
-                padding_side: str | None = None, attention_mask: torch.Tensor | None = None,
+    def forward(self, input, return_type: ReturnType = "logits", prepend_bos: bool | None = None,
+                padding_side: PaddingSide | None = None, attention_mask: torch.Tensor | None = None,
                 start_at_layer: int | None = None, stop_at_layer: int | None = None,
                 loss_per_token: bool = False, tokens: torch.Tensor | None = None):
         """input: a string, a list of strings (padded, masked), token ids [batch, pos], or, with
