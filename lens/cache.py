@@ -10,12 +10,15 @@ from typing import Iterator
 
 import torch
 
+from lens.decompose import ResidualAnalyses
 from lens.errors import HookWouldNotFireError
 from lens.hooks import ON_REQUEST, resolve_key, unknown_hook
 from lens.memory import keep_freed_memory
 
 
-class ActivationCache:
+class ActivationCache(ResidualAnalyses):
+    """Activations by hook name; the residual analyses come from lens.decompose."""
+
     def __init__(self, cache_dict: dict[str, torch.Tensor], model, has_batch_dim: bool = True):
         self.cache_dict = cache_dict
         self.model = model

@@ -1,0 +1,214 @@
+"""Residual-stream decompositions of a cache, with TransformerLens's names and semantics.
+
+A "stack" is [component, batch, pos, d_model]: terms that add up to a residual stream.
+Norms are linearised by freezing their cached scale: for a norm with input x = Σ_i c_i,
+norm(x) = Σ_i (c_i - mean(c_i)) / scale * w  (+ the norm's bias, which belongs to no component).
+That keeps per-head and per-neuron terms exact through Gemma's post-norms, and is how
+apply_ln_to_stack maps a stack onto the final norm's output. Without weight folding the norm
+weight w is applied here (TransformerLens assumes it was folded into the next matrix).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+PosSlice = int | slice | Sequence[int] | torch.Tensor | None
+
+
+def pos_select(x: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tensor:
+    """x restricted to pos_slice along its pos axis `dim`; an int keeps the axis (length 1)."""
+    if pos_slice is None:
+        return x
+    if isinstance(pos_slice, int):
+        pos_slice = slice(pos_slice, pos_slice + 1 or None)
+    elif not isinstance(pos_slice, slice):
+        pos_slice = torch.as_tensor(pos_slice)
+    return x[(slice(None),) * (x.dim() + dim) + (pos_slice,)]
+
+
+class ResidualAnalyses:
+    """Methods of ActivationCache; `self[...]`, `self.model` come from it."""
+
+    def _layer(self, layer: int | None) -> int:
+        n = self.model.cfg.n_layers
+        layer = n if layer is None else layer + n + 1 if layer < 0 else layer
+        if not 0 <= layer <= n:
+            raise ValueError(f"layer={layer} is outside 0..{n} (n_layers={n})")
+        return layer
+
+    @property
+    def _mlp_reads_mid(self) -> bool:
+        """Whether an MLP reads resid_mid (sequential blocks) rather than resid_pre (parallel)."""
+        return not self.model.cfg.parallel_attn_mlp
+
+    def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice) -> torch.Tensor:
+        """The linear part of a norm with its cached scale: (x - mean) / scale * w."""
+        cfg, w = self.model.cfg, self.model.weights
+        if layer is None:
+            scale, weight = self["ln_final.hook_scale"], w.ln_final_w
+        else:
+            scale, weight = self[f"blocks.{layer}.{norm}.hook_scale"], getattr(w, f"{norm}_w")[layer]
+        if cfg.norm == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        return (x / pos_select(scale, pos_slice) * (weight.float() + cfg.norm_weight_offset)).to(x.dtype)
+
+    def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None, mlp_input: bool = False,
+                          pos_slice: PosSlice = None) -> torch.Tensor:
+        """Each term of a stack as the norm reading it sees it, with the norm's cached scale:
+        ln_final for layer None / n_layers, else ln1 of `layer` (ln2 with mlp_input)."""
+        layer = self._layer(layer)
+        if layer == self.model.cfg.n_layers:
+            return self._frozen_norm(residual_stack, "ln_final", None, pos_slice)
+        return self._frozen_norm(residual_stack, "ln2" if mlp_input else "ln1", layer, pos_slice)
+
+    def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels):
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        return (stack, labels) if return_labels else stack
+
+    # --- the residual stream at each point, and what wrote it ---------------------------
+
+    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
+                          pos_slice: PosSlice = None, mlp_input: bool = False, return_labels: bool = False):
+        """[n_points, batch, pos, d_model]: resid_pre of layers 0..layer (resid_mid too with
+        incl_mid); layer None ends with the final resid_post. Labels '0_pre', '0_mid', ..., 'final_post'."""
+        layer, n = self._layer(layer), self.model.cfg.n_layers
+        stack, labels = [], []
+        for i in range(min(layer + 1, n)):
+            stack.append(self["resid_pre", i])
+            labels.append(f"{i}_pre")
+            if self._mlp_reads_mid and ((incl_mid and i < layer) or (mlp_input and i == layer)):
+                stack.append(self["resid_mid", i])
+                labels.append(f"{i}_mid")
+        if layer == n:
+            stack.append(self["resid_post", n - 1])
+            labels.append("final_post")
+        stack = pos_select(torch.stack(stack), pos_slice)
+        return self._finish(stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+
+    def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
+                        mode: Literal["all", "attn", "mlp"] = "all", apply_ln: bool = False,
+                        pos_slice: PosSlice = None, incl_embeds: bool = True, return_labels: bool = False):
+        """[n_components, batch, pos, d_model]: embed (and pos_embed), then attn_out and mlp_out of
+        each layer before `layer` (mlp_input adds that layer's attn_out); they sum to its input."""
+        if mode not in ("all", "attn", "mlp"):
+            raise ValueError(f"mode must be 'all', 'attn' or 'mlp', not {mode!r}")
+        layer = self._layer(layer)
+        stack, labels = [], []
+        if incl_embeds:
+            for name in ("embed", "pos_embed"):
+                if f"hook_{name}" in self.model.hook_dict:
+                    stack.append(self[name])
+                    labels.append(name)
+        for i in range(min(layer + (mlp_input and self._mlp_reads_mid), self.model.cfg.n_layers)):
+            if mode != "mlp":
+                stack.append(self["attn_out", i])
+                labels.append(f"{i}_attn_out")
+            if mode != "attn" and i < layer:
+                stack.append(self["mlp_out", i])
+                labels.append(f"{i}_mlp_out")
+        stack = pos_select(torch.stack(stack), pos_slice)
+        return self._finish(stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+
+    def _heads(self, i: int, pos_slice: PosSlice) -> torch.Tensor:
+        """[n_heads, batch, pos, d_model]: layer i's heads' writes to the residual (no bias)."""
+        z = pos_select(self["z", i], pos_slice, dim=-3)  # [batch, pos, head, d_head]
+        result = torch.einsum("...phe,hed->h...pd", z, self.model.W_O[i])
+        return self._frozen_norm(result, "ln1_post", i, pos_slice) if self.model.cfg.post_norms else result
+
+    def _neurons(self, i: int, pos_slice: PosSlice, neurons: torch.Tensor) -> torch.Tensor:
+        """[n_neurons, batch, pos, d_model]: layer i's chosen neurons' writes (no bias)."""
+        post = pos_select(self["post", i], pos_slice)[..., neurons]
+        result = torch.einsum("...pn,nd->n...pd", post, self.model.W_out[i][neurons])
+        return self._frozen_norm(result, "ln2_post", i, pos_slice) if self.model.cfg.post_norms else result
+
+    def _bias(self, name: str, i: int, pos_slice: PosSlice) -> torch.Tensor:
+        """[1, batch, pos, d_model]: a layer's b_O or b_out as the residual receives it."""
+        like = pos_select(self["resid_pre", 0], pos_slice)
+        bias = getattr(self.model.weights, name)[i].expand_as(like)[None]
+        if self.model.cfg.post_norms:
+            bias = self._frozen_norm(bias, "ln1_post" if name == "b_O" else "ln2_post", i, pos_slice)
+        return bias
+
+    def _remainder(self, stack, layer, pos_slice):
+        total = self["resid_post", layer - 1] if layer else self["resid_pre", 0]
+        return torch.cat([stack, (pos_select(total, pos_slice) - stack.sum(0))[None]])
+
+    def stack_head_results(self, layer: int | None = None, return_labels: bool = False,
+                           incl_remainder: bool = False, pos_slice: PosSlice = None, apply_ln: bool = False):
+        """[layer * n_heads, batch, pos, d_model]: each head's write (z @ W_O from the cached hook_z;
+        hook_result is not needed). Labels 'L{l}H{h}'. With post-norms (Gemma) each term passes the
+        frozen ln1_post, so a layer's heads plus its bias term sum exactly to its attn_out."""
+        layer = self._layer(layer)
+        heads = [self._heads(i, pos_slice) for i in range(layer)]
+        stack = torch.cat(heads) if heads else pos_select(self["resid_pre", 0], pos_slice)[None][:0]
+        labels = [f"L{i}H{h}" for i in range(layer) for h in range(self.model.cfg.n_heads)]
+        if incl_remainder:
+            stack, labels = self._remainder(stack, layer, pos_slice), labels + ["remainder"]
+        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels)
+
+    def stack_neuron_results(self, layer: int | None = None, pos_slice: PosSlice = None,
+                             neuron_slice: PosSlice = None, return_labels: bool = False,
+                             incl_remainder: bool = False, apply_ln: bool = False):
+        """[layer * n_neurons, batch, pos, d_model]: each MLP neuron's write (post[n] * W_out[n]).
+        Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice."""
+        layer = self._layer(layer)
+        neurons = torch.arange(self.model.cfg.d_mlp)
+        neurons = neurons if neuron_slice is None else neurons[neuron_slice].reshape(-1)
+        stack = torch.cat([self._neurons(i, pos_slice, neurons) for i in range(layer)])
+        labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neurons]
+        if incl_remainder:
+            stack, labels = self._remainder(stack, layer, pos_slice), labels + ["remainder"]
+        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels)
+
+    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
+                                     expand_neurons: bool = True, apply_ln: bool = False,
+                                     pos_slice: PosSlice = None, return_labels: bool = False):
+        """Every head, every neuron (or each mlp_out with expand_neurons=False), the embeddings and
+        one 'bias' term (all b_O and b_out): [n_components, batch, pos, d_model], summing exactly
+        to the residual stream entering `layer` (its MLP with mlp_input)."""
+        layer, cfg = self._layer(layer), self.model.cfg
+        parts, labels = [], []
+        n_attn = min(layer + (mlp_input and self._mlp_reads_mid), cfg.n_layers)
+        for i in range(n_attn):
+            parts.append(self._heads(i, pos_slice))
+            labels += [f"L{i}H{h}" for h in range(cfg.n_heads)]
+        for i in range(layer):
+            if expand_neurons:
+                parts.append(self._neurons(i, pos_slice, torch.arange(cfg.d_mlp)))
+                labels += [f"L{i}N{n}" for n in range(cfg.d_mlp)]
+            else:
+                parts.append(pos_select(self["mlp_out", i], pos_slice)[None])
+                labels.append(f"{i}_mlp_out")
+        embeds, embed_labels = self.decompose_resid(0, incl_embeds=True, pos_slice=pos_slice, return_labels=True)
+        parts.append(embeds)
+        labels += embed_labels
+        bias = sum((self._bias("b_O", i, pos_slice) for i in range(n_attn)),
+                   torch.zeros_like(embeds[:1]))
+        if expand_neurons:
+            bias = bias + sum((self._bias("b_out", i, pos_slice) for i in range(layer)), torch.zeros_like(bias))
+        parts.append(bias)
+        labels.append("bias")
+        return self._finish(torch.cat(parts), labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+
+    def logit_attrs(self, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
+                    pos_slice: PosSlice = None) -> torch.Tensor:
+        """Each term's direct contribution to logit(tokens) (minus logit(incorrect_tokens)):
+        the stack through the final norm with its cached scale, dotted with the unembedding
+        directions. [component, batch, pos]. tokens: a string, an id, or ids [batch].
+        The terms sum to the logit (difference) less the final norm's bias and b_U terms."""
+        directions = self._unembed_directions(tokens)
+        if incorrect_tokens is not None:
+            directions = directions - self._unembed_directions(incorrect_tokens)
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
+        if directions.dim() == 2:  # one direction per batch row
+            directions = directions[:, None, :]
+        return (scaled * directions).sum(-1)
+
+    def _unembed_directions(self, tokens) -> torch.Tensor:
+        model = self.model
+        if isinstance(tokens, str):
+            tokens = model.to_single_token(tokens)
+        return model.W_U[:, torch.as_tensor(tokens, device=model.W_U.device)].movedim(0, -1)  # [(batch,) d_model]
