@@ -14,6 +14,7 @@ from lens.errors import (
                          UnknownModelError,
                          UnsupportedModelError,
 )
+from lens.factored import FactoredMatrix
 from lens.hooks import HookPoint, act_name
 from lens.loading import DEFAULT_MODEL, list_models, supported_families
 from lens.model.transformer import HookedTransformer, Output
@@ -21,8 +22,8 @@ from lens.model.transformer import HookedTransformer, Output
 get_act_name = act_name  # TransformerLens's name for it
 
 __all__ = [
-    "ActivationCache", "HookedTransformer", "HookPoint", "ModelConfig", "Output", "RotaryConfig", "act_name",
-    "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
+    "ActivationCache", "FactoredMatrix", "HookedTransformer", "HookPoint", "ModelConfig", "Output", "RotaryConfig",
+    "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
 ]

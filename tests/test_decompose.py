@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY_VARIANTS, max_diff
+
 from lens import HookedTransformer
 
 TOKENS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))

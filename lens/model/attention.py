@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lens.config import ModelConfig
+from lens.factored import ov_circuit, qk_circuit
 from lens.hooks import HookPoint
 from lens.model.norm import Norm
 from lens.model.ops import linear
@@ -80,6 +81,8 @@ class Attention(nn.Module):
     b_K = property(lambda self: self.W("b_K"))
     b_V = property(lambda self: self.W("b_V"))
     b_O = property(lambda self: self.weights.b_O[self.layer])
+    QK = property(lambda self: qk_circuit(self.W_Q, self.W_K), doc="FactoredMatrix [n_heads, d_model, d_model]")
+    OV = property(lambda self: ov_circuit(self.W_V, self.W_O), doc="FactoredMatrix [n_heads, d_model, d_model]")
 
     def project(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x [batch, pos, d_model] (shared) or [batch, pos, heads, d_model] (per head) → [batch, pos, heads, d_head]."""

@@ -16,6 +16,7 @@ from torch import nn
 from lens import tokens as tok
 from lens.config import ModelConfig
 from lens.errors import HookWouldNotFireError, SequenceTooLongError
+from lens.factored import CompositionKind, composition_scores, ov_circuit, qk_circuit
 from lens.hooks import HookFn, HookPoint, HookRegistry, NameOrFilter
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
@@ -99,6 +100,15 @@ class HookedTransformer(nn.Module):
     W_pos = property(lambda self: self.weights.W_pos, doc="[n_ctx, d_model]")
     W_U = property(lambda self: self.weights.unembedding(), doc="[d_model, d_vocab]")
     b_U = property(lambda self: self.weights.b_U, doc="[d_vocab]")
+    QK = property(lambda self: qk_circuit(self.W_Q, self.W_K),
+                  doc="FactoredMatrix W_Q W_K^T [n_layers, n_heads, d_model, d_model], kv heads repeated per group")
+    OV = property(lambda self: ov_circuit(self.W_V, self.W_O),
+                  doc="FactoredMatrix W_V W_O [n_layers, n_heads, d_model, d_model], kv heads repeated per group")
+
+    def all_composition_scores(self, mode: CompositionKind) -> torch.Tensor:
+        """[n_layers, n_heads, n_layers, n_heads]: [l1, h1, l2, h2] scores how much earlier head (l1, h1)
+        composes into the Q, K or V input of later head (l2, h2); zero unless l1 < l2 (see lens.factored)."""
+        return composition_scores(self, mode)
 
     # --- hooks -------------------------------------------------------------------
 
