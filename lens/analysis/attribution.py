@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from lens.analysis.common import Result, prompt_tokens, resolve_pos, str_tokens, token_id, token_str
+from lens.analysis.common import Result, prompt_text, prompt_tokens, resolve_pos, str_tokens, token_id, token_str
 
 By = Literal["layer", "component", "head", "neuron"]
 
@@ -92,7 +92,7 @@ def direct_logit_attribution(model, prompt, answer, baseline=None, by: By = "lay
         head_values = dict(zip(labels, values.tolist()))
         grid = [[head_values[f"L{l}H{h}"] for h in range(H)] for l in range(model.cfg.n_layers)]
     ordered = by in ("layer", "component")
-    text = prompt if isinstance(prompt, str) else model.to_string(tokens[0])
+    text = prompt_text(model, prompt, tokens)
     return DLAResult(
         prompt=text, str_tokens=str_tokens(model, tokens), position=position, answer=token_str(model, answer_id),
         baseline=None if baseline_id is None else token_str(model, baseline_id), by=by, total=total.item(),

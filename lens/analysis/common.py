@@ -44,6 +44,13 @@ def str_tokens(model, tokens: torch.Tensor) -> list[str]:
     return model.to_str_tokens(tokens[0]) if model.tokenizer is not None else [f"<{int(t)}>" for t in tokens[0]]
 
 
+def prompt_text(model, prompt, tokens: torch.Tensor) -> str:
+    """The prompt as text: as given, decoded, or the ids when there is no tokenizer."""
+    if isinstance(prompt, str):
+        return prompt
+    return model.to_string(tokens[0]) if model.tokenizer is not None else str(tokens[0].tolist())
+
+
 def resolve_pos(pos: int, n: int) -> int:
     resolved = pos + n if pos < 0 else pos
     if not 0 <= resolved < n:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lens.analysis.common import Result, prompt_tokens, resolve_pos, str_tokens, token_id, token_str
+from lens.analysis.common import Result, prompt_text, prompt_tokens, resolve_pos, str_tokens, token_id, token_str
 
 
 class TargetReading(Result):
@@ -62,5 +62,5 @@ def logit_lens(model, prompt, targets=None, pos: int = -1, top_k: int = 5) -> Lo
                                   rank=int((probs[i] > probs[i, t]).sum())) for t in target_ids]
         layers.append(LayerReading(label=label, targets=readings, top=[
             (token_str(model, int(t)), p.item()) for p, t in zip(top.values[i], top.indices[i])]))
-    text = prompt if isinstance(prompt, str) else model.to_string(tokens[0]) if model.tokenizer else str(tokens.tolist())
+    text = prompt_text(model, prompt, tokens)
     return LogitLensResult(prompt=text, position=position, str_tokens=str_tokens(model, tokens), layers=layers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lens.analysis.common import Result, prompt_tokens, str_tokens, token_id, token_str
+from lens.analysis.common import Result, prompt_text, prompt_tokens, str_tokens, token_id, token_str
 
 
 class PromptTest(Result):
@@ -75,5 +75,5 @@ def attention_patterns(model, prompt, heads: list[tuple[int, int]]) -> Attention
         weight, key = pattern.max(-1)
         out.append(HeadPattern(layer=layer, head=head, pattern=pattern.tolist(),
                                strongest=[(q, int(k), w.item()) for q, (w, k) in enumerate(zip(weight, key))]))
-    text = prompt if isinstance(prompt, str) else model.to_string(tokens[0])
+    text = prompt_text(model, prompt, tokens)
     return AttentionPatterns(prompt=text, str_tokens=str_tokens(model, tokens), heads=out)
