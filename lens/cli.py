@@ -4,34 +4,52 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from lens.loading import DEFAULT_MODEL
 
 DEMO_PROMPT = "The Eiffel Tower is in the city of"
+DEMO_ANSWER = " Paris"
 
 
-def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, top_k: int = 5, out=sys.stdout) -> None:
-    """Model summary, the top next tokens, and per layer: residual norm and the logit-lens top token."""
-    from lens import HookedTransformer
+def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, answer: str = DEMO_ANSWER,
+         out_dir: str | Path = "lens-demo", top_k: int = 5, out=sys.stdout) -> list[str]:
+    """The tour: summary, top next tokens, a per-layer table (residual norm, logit-lens top token),
+    then logit lens, DLA by head and induction heads with their plots. Returns the plot paths."""
+    from lens import HookedTransformer, plots
+    from lens.analysis import detect_heads, direct_logit_attribution, induction_loss, logit_lens
 
     model = HookedTransformer.from_pretrained(model_name)
     print(model.summary(), file=out)
     print(f"\nprompt: {prompt!r}\ntokens: {model.to_str_tokens(prompt)}", file=out)
     with torch.no_grad():
         logits, cache = model.run_with_cache(prompt, names_filter=lambda n: n.endswith("hook_resid_post"))
-        probs = logits[0, -1].softmax(-1)
-        top = probs.topk(top_k)
-        print(f"\ntop {top_k} next tokens:", file=out)
-        for p, i in zip(top.values, top.indices):
-            print(f"  {model.to_string([int(i)])!r:>16}  {p.item():.3f}", file=out)
-        print("\nlayer  |resid_post| at last pos  logit-lens top token (prob)", file=out)
-        for layer in range(model.cfg.n_layers):
-            resid = cache["resid_post", layer][:, -1:]
-            lens_probs = model.unembed(resid)[0, -1].softmax(-1)
-            p, i = lens_probs.max(-1)
-            print(f"{layer:5d}  {resid.norm().item():24.1f}  {model.to_string([int(i)])!r} ({p.item():.3f})", file=out)
+    top = logits[0, -1].softmax(-1).topk(top_k)
+    print(f"\ntop {top_k} next tokens:", file=out)
+    for p, i in zip(top.values, top.indices):
+        print(f"  {model.to_string([int(i)])!r:>16}  {p.item():.3f}", file=out)
+    lens_result = logit_lens(model, prompt, targets=[answer])
+    print("\nlayer  |resid_post| at last pos  logit-lens top token (prob)", file=out)
+    for layer in range(model.cfg.n_layers):
+        (token, p), = lens_result.layers[layer + 1].top[:1]
+        norm = cache["resid_post", layer][0, -1].norm().item()
+        print(f"{layer:5d}  {norm:24.1f}  {token!r} ({p:.3f})", file=out)
+
+    out_dir = Path(out_dir)
+    dla = direct_logit_attribution(model, prompt, answer, by="head")
+    heads = detect_heads(model, "induction")
+    sections = [  # (what to print, plot path); the logit lens table is above, so only its verdict
+        ("logit lens: " + lens_result.summary().splitlines()[-1],
+         plots.plot_logit_lens(lens_result, out_dir / "logit_lens.png")),
+        (dla.summary(), plots.plot_dla(dla, out_dir / "dla_by_head.png")),
+        (induction_loss(model).summary() + "\n" + heads.summary(),
+         plots.plot_head_scores(heads, out_dir / "induction_heads.png")),
+    ]
+    for text, path in sections:
+        print(f"\n{text}\nplot: {path}", file=out)
+    return [path for _, path in sections]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("demo", help="summary, top next tokens and a per-layer logit-lens table")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, hub id, folder or .gguf (default {DEFAULT_MODEL})")
     run.add_argument("--prompt", default=DEMO_PROMPT)
+    run.add_argument("--answer", default=DEMO_ANSWER, help="the expected next token (one token)")
+    run.add_argument("--out", default="lens-demo", help="folder for the plots (default ./lens-demo)")
     sub.add_parser("models", help="list the registry aliases")
     args = parser.parse_args(argv)
     if args.command == "models":
@@ -47,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         for m in list_models():
             print(f"{m['alias']:14s} {m['hub_id']:40s} installed={m['installed']}  {m['description']}")
         return
-    demo(getattr(args, "model", DEFAULT_MODEL), getattr(args, "prompt", DEMO_PROMPT))
+    if args.command is None:  # `python -m lens` alone runs the demo
+        args = parser.parse_args(["demo"])
+    demo(args.model, args.prompt, args.answer, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The main job: `lens demo` on the default model."""
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -8,13 +9,17 @@ from lens.cli import demo
 
 
 @pytest.mark.real_model
-def test_demo_prints_summary_top_tokens_and_a_row_per_layer(smollm2):
+def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smollm2, tmp_path):
     out = io.StringIO()
-    demo("smollm2-135m", out=out)
+    paths = demo("smollm2-135m", out_dir=tmp_path, out=out)
     text = out.getvalue()
     assert "smollm2-135m (llama)" in text and "30 layers" in text
     top = text.split("top 5 next tokens:")[1].splitlines()[1]
     assert "' Paris'" in top
-    table = text.split("logit-lens top token (prob)\n")[1].strip().splitlines()
+    table = text.split("logit-lens top token (prob)\n")[1].split("\n\n")[0].splitlines()
     assert [int(row.split()[0]) for row in table] == list(range(30))
     assert "' Paris'" in table[-1]
+    assert [Path(p).name for p in paths] == ["logit_lens.png", "dla_by_head.png", "induction_heads.png"]
+    for path in paths:
+        assert Path(path).stat().st_size > 10_000 and f"plot: {path}" in text
+    assert "induction scores" in text and "direct logit attribution by head" in text
