@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench import forward, loading
+from bench import analysis, forward, loading
 
 parser = argparse.ArgumentParser(prog="bench")
 parser.add_argument("--quick", action="store_true", help="fewer repeats, no load benchmark")
@@ -16,6 +16,9 @@ print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32\n
 rows = forward.run(repeats=3 if args.quick else 9)
 print(forward.report(rows))
 results = {"forward": rows}
+analysis_rows = analysis.run(repeats=3 if args.quick else 7)
+print("\n" + analysis.report(analysis_rows))
+results["analysis"] = analysis_rows
 if not args.quick:
     load = loading.run("smollm2-135m")
     print("\n" + loading.report(load))
