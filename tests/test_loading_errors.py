@@ -67,12 +67,6 @@ def test_weights_that_would_not_fit_are_refused_before_allocating():
         _check_memory(huge, torch.float32, "cpu")
 
 
-def test_processing_flags_are_refused_until_implemented(hf_folder):
-    _, folder = hf_folder("gpt2")
-    with pytest.raises(NotImplementedError, match="fold_ln"):
-        HookedTransformer.from_pretrained(str(folder), fold_ln=True)
-
-
 def test_the_weight_cache_key_changes_when_the_file_changes(tmp_path):
     source = tmp_path / "model.gguf"
     source.write_bytes(b"x" * 100)

@@ -19,13 +19,11 @@ from lens.config import ModelConfig
 from lens.errors import InsufficientMemoryError, ModelFileNotFoundError, UnknownModelError
 from lens.loading import checkpoints, weight_cache
 from lens.loading.families import family_for, supported_families
+from lens.loading.processing import process_weights
 from lens.loading.registry import ALIASES, DEFAULT_MODEL, list_models
 from lens.tokens import detects_bos
 
 __all__ = ["load_pretrained", "model_config", "list_models", "supported_families", "DEFAULT_MODEL"]
-
-PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
-
 
 def model_config(hf_config, tokenizer=None) -> ModelConfig:
     """ModelConfig for an HF config (through its family's mapper); BOS default from the tokenizer."""
@@ -97,12 +95,6 @@ def load_pretrained(name_or_path: str = DEFAULT_MODEL, *, device=None, dtype: to
                     fold_value_biases: bool = False):
     from lens.model.transformer import HookedTransformer
 
-    flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                 center_unembed=center_unembed, fold_value_biases=fold_value_biases)
-    if any(flags.values()):
-        asked = [k for k, v in flags.items() if v]
-        raise NotImplementedError(f"weight processing ({', '.join(asked)}) is not implemented yet; "
-                                  f"load with these flags off (the default)")
     started = time.perf_counter()
     kind, location, hub_id = resolve(str(name_or_path))
     cfg, tensors, tokenizer, cached = _read(kind, location)
@@ -111,6 +103,9 @@ def load_pretrained(name_or_path: str = DEFAULT_MODEL, *, device=None, dtype: to
     model = HookedTransformer(cfg, tokenizer=tokenizer, dtype=dtype, device=device)
     model.weights.load(tensors)
     model.eval()
+    processing = process_weights(model, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                                 center_unembed=center_unembed, fold_value_biases=fold_value_biases)
     model.load_info = {"name": str(name_or_path), "format": kind, "source": str(location), "hub_id": hub_id,
-                       "from_cache": cached, "processing": [], "load_seconds": round(time.perf_counter() - started, 2)}
+                       "from_cache": cached, "processing": processing,
+                       "load_seconds": round(time.perf_counter() - started, 2)}
     return model

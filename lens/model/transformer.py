@@ -64,8 +64,8 @@ class HookedTransformer(nn.Module):
                         fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
                         fold_value_biases: bool = False) -> "HookedTransformer":
         """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file.
-        device None = cuda when available. The weight-processing flags are not implemented yet and
-        raise NotImplementedError when set."""
+        device None = cuda when available. The weight-processing flags (off by default, so hook values
+        equal HF's) rewrite weights as TransformerLens does: see lens/loading/processing.py."""
         from lens.loading import load_pretrained
         return load_pretrained(name_or_path, device=device, dtype=dtype, fold_ln=fold_ln,
                                center_writing_weights=center_writing_weights, center_unembed=center_unembed,
@@ -80,6 +80,14 @@ class HookedTransformer(nn.Module):
         model = cls(cfg, tokenizer=tokenizer, dtype=dtype, device=device)
         model.weights.init_random(seed)
         return model
+
+    def process_weights(self, fold_ln: bool = False, center_writing_weights: bool = False,
+                        center_unembed: bool = False, fold_value_biases: bool = False) -> list[str]:
+        """Apply TransformerLens's weight processing in place (what from_pretrained's flags do)."""
+        from lens.loading.processing import process_weights
+        done = process_weights(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        self.load_info["processing"] = self.load_info.get("processing", []) + done
+        return done
 
     # --- weights, as views (stacked over layers; per layer on model.blocks[i]) ------
 
