@@ -5,12 +5,16 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
     Gemma3TextConfig,
+    GemmaConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     Qwen2Config,
+    Qwen3Config,
 )
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
@@ -28,6 +32,14 @@ CONFIGS = {
     "llama_tied": lambda: LlamaConfig(**TINY, tie_word_embeddings=True),
     "mistral": lambda: MistralConfig(**TINY, num_key_value_heads=2, head_dim=16, sliding_window=4),
     "qwen2": lambda: Qwen2Config(**TINY, num_key_value_heads=2),
+    "qwen3": lambda: Qwen3Config(**TINY, num_key_value_heads=2, head_dim=16),
+    "phi3": lambda: Phi3Config(**TINY, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5}),
+    "gemma": lambda: GemmaConfig(**TINY, num_key_value_heads=2, head_dim=16),
+    "gemma2": lambda: Gemma2Config(**TINY, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                                   query_pre_attn_scalar=12, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "gemma3_text": lambda: Gemma3TextConfig(
         **TINY, num_key_value_heads=1, head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],

@@ -62,10 +62,12 @@ def hf_get(hf_cfg, *names, default=None):
     return default
 
 
-def rotary_config(params: dict, **extra) -> RotaryConfig:
-    """RotaryConfig from an HF `rope_parameters` dict (transformers ≥ 5)."""
+def rotary_config(params: dict, d_head: int, **extra) -> RotaryConfig:
+    """RotaryConfig from an HF `rope_parameters` dict (transformers ≥ 5); partial_rotary_factor
+    rotates only the first fraction of each head's dimensions."""
     kind = params.get("rope_type", "default")
-    common = dict(theta=float(params["rope_theta"]), **extra)
+    factor = params.get("partial_rotary_factor", 1.0)
+    common = dict(theta=float(params["rope_theta"]), dim=None if factor == 1.0 else int(d_head * factor), **extra)
     if kind == "default":
         return RotaryConfig(**common)
     if kind == "linear":

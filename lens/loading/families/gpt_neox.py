@@ -8,13 +8,11 @@ from lens.loading.families.base import Checkpoint, Family, rotary_config, token_
 
 def config(hf) -> ModelConfig:
     d_head = hf.hidden_size // hf.num_attention_heads
-    rope = dict(hf.rope_parameters)
-    rotary_dim = int(d_head * rope.pop("partial_rotary_factor", 1.0))
     return ModelConfig(
         model_type=hf.model_type, n_layers=hf.num_hidden_layers, d_model=hf.hidden_size,
         n_heads=hf.num_attention_heads, d_head=d_head, d_mlp=hf.intermediate_size, d_vocab=hf.vocab_size,
         n_ctx=hf.max_position_embeddings, act_fn=hf.hidden_act, norm="layernorm", norm_eps=hf.layer_norm_eps,
-        positions="rotary", rotary=rotary_config(rope, dim=rotary_dim),
+        positions="rotary", rotary=rotary_config(hf.rope_parameters, d_head),
         parallel_attn_mlp=hf.use_parallel_residual, tied_embeddings=getattr(hf, "tie_word_embeddings", False),
         **token_ids(hf))
 

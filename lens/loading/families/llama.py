@@ -1,9 +1,12 @@
 """Llama-like decoders: Llama 2/3 (and SmolLM2), Mistral (sliding window), Qwen2 (qkv biases),
-and Gemma 3 text (qk-norm, pre+post norms, 1+w RMSNorm, embedding scale, local/global RoPE).
+Qwen3 (qk-norm), Phi-3 (fused projections, partial rotary), and Gemma 1/2/3 (1+w RMSNorm,
+embedding scale; Gemma 2/3 add pre+post norms, soft-caps, local/global layers; Gemma 3 qk-norm
+and a RoPE base per layer kind).
 
 They share HF's key names; the differences are config fields and a few extra tensors.
 """
 
+import dataclasses
 import math
 
 import torch
@@ -24,17 +27,26 @@ def _common(hf) -> dict:
 
 
 def config(hf) -> ModelConfig:
-    return ModelConfig(act_fn=hf.hidden_act, rotary=rotary_config(hf.rope_parameters), **_common(hf))
+    common = _common(hf)
+    return ModelConfig(act_fn=hf.hidden_act, rotary=rotary_config(hf.rope_parameters, common["d_head"]), **common)
 
 
-def gemma3_config(hf) -> ModelConfig:
-    rope = hf.rope_parameters
+def qwen3_config(hf) -> ModelConfig:
+    return dataclasses.replace(config(hf), qk_norm=True)
+
+
+def gemma_config(hf) -> ModelConfig:
+    common = _common(hf)
+    rope, d_head = hf.rope_parameters, common["d_head"]
+    per_kind = "full_attention" in rope  # Gemma 3: a RoPE base per layer kind
     return ModelConfig(
-        act_fn=hf.hidden_activation, norm_weight_offset=1.0, post_norms=True, qk_norm=True,
-        rotary=rotary_config(rope["full_attention"]), local_rotary=rotary_config(rope["sliding_attention"]),
-        attn_scale=math.sqrt(hf.query_pre_attn_scalar), embed_scale=math.sqrt(hf.hidden_size),
-        attn_logit_softcap=hf.attn_logit_softcapping, final_logit_softcap=hf.final_logit_softcapping,
-        **_common(hf))
+        act_fn=hf_get(hf, "hidden_activation", "hidden_act"), norm_weight_offset=1.0,
+        post_norms=hf.model_type != "gemma", qk_norm=hf.model_type == "gemma3_text",
+        rotary=rotary_config(rope["full_attention"] if per_kind else rope, d_head),
+        local_rotary=rotary_config(rope["sliding_attention"], d_head) if per_kind else None,
+        attn_scale=math.sqrt(hf_get(hf, "query_pre_attn_scalar", default=d_head)),
+        embed_scale=math.sqrt(hf.hidden_size), attn_logit_softcap=hf_get(hf, "attn_logit_softcapping"),
+        final_logit_softcap=hf_get(hf, "final_logit_softcapping"), **common)
 
 
 def convert(sd, cfg: ModelConfig):
@@ -65,11 +77,29 @@ def convert(sd, cfg: ModelConfig):
     return out | ck.unembedding(cfg, "lm_head.weight")
 
 
+def phi3_convert(sd, cfg: ModelConfig):
+    """Phi-3 fuses q/k/v and gate/up projections; split them into Llama's names, then convert."""
+    ck, H, K, E, M = Checkpoint(sd, "model.", cfg.n_layers), cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp
+    split = dict(sd)
+    for i in range(cfg.n_layers):
+        q, k, v = ck.get(f"layers.{i}.self_attn.qkv_proj.weight").split([H * E, K * E, K * E])
+        gate, up = ck.get(f"layers.{i}.mlp.gate_up_proj.weight").split([M, M])
+        for name, tensor in (("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v),
+                             ("mlp.gate_proj", gate), ("mlp.up_proj", up)):
+            split[f"model.layers.{i}.{name}.weight"] = tensor
+    return convert(split, cfg)
+
+
 _VERIFIED = "tiny random HF {}, fp32 eager: log_softmax and every layer's residual"
 LLAMA = Family("Llama (Llama 2/3, SmolLM2)", ("llama",), config, convert,
                _VERIFIED.format("LlamaForCausalLM (default and llama3 RoPE)")
                + "; SmolLM2-135M GGUF vs HF's GGUF load")
 MISTRAL = Family("Mistral", ("mistral",), config, convert, _VERIFIED.format("MistralForCausalLM (sliding window)"))
 QWEN2 = Family("Qwen2", ("qwen2",), config, convert, _VERIFIED.format("Qwen2ForCausalLM (qkv biases)"))
-GEMMA3 = Family("Gemma 3 (text)", ("gemma3_text",), gemma3_config, convert,
+QWEN3 = Family("Qwen3", ("qwen3",), qwen3_config, convert, _VERIFIED.format("Qwen3ForCausalLM (qk-norm)"))
+PHI3 = Family("Phi-3", ("phi3",), config, phi3_convert, _VERIFIED.format("Phi3ForCausalLM (fused qkv, partial rotary)"))
+GEMMA = Family("Gemma", ("gemma",), gemma_config, convert, _VERIFIED.format("GemmaForCausalLM"))
+GEMMA2 = Family("Gemma 2", ("gemma2",), gemma_config, convert,
+                _VERIFIED.format("Gemma2ForCausalLM (soft-caps, local/global layers)"))
+GEMMA3 = Family("Gemma 3 (text)", ("gemma3_text",), gemma_config, convert,
                 _VERIFIED.format("Gemma3ForCausalLM (local/global layers)") + "; Gemma-3-270M GGUF vs HF's GGUF load")
