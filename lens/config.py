@@ -59,6 +59,7 @@ class ModelConfig:
     rotary: RotaryConfig = field(default_factory=RotaryConfig)
     local_rotary: RotaryConfig | None = None  # rotary of sliding-window layers when it differs
     parallel_attn_mlp: bool = False  # GPT-NeoX: resid + attn(ln1(x)) + mlp(ln2(x))
+    shared_norm: bool = False  # GPT-J, Phi: a parallel block's MLP reads ln1 too; there is no ln2
     post_norms: bool = False  # Gemma 2/3: norm the attn and MLP outputs before adding them
     qk_norm: bool = False  # RMSNorm over d_head on queries and keys before rotary
     attn_scale: float | None = None  # None = sqrt(d_head); scores are divided by it
@@ -79,6 +80,8 @@ class ModelConfig:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.shared_norm and not self.parallel_attn_mlp:
+            raise ValueError("shared_norm is for parallel blocks (parallel_attn_mlp=True)")
         if self.sliding_windows is not None and len(self.sliding_windows) != self.n_layers:
             raise ValueError(f"sliding_windows has {len(self.sliding_windows)} entries for {self.n_layers} layers")
 

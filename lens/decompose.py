@@ -61,7 +61,8 @@ class ResidualAnalyses:
         layer = self._layer(layer)
         if layer == self.model.cfg.n_layers:
             return self._frozen_norm(residual_stack, "ln_final", None, pos_slice)
-        return self._frozen_norm(residual_stack, "ln2" if mlp_input else "ln1", layer, pos_slice)
+        mlp_norm = self.model.blocks[layer].mlp_norm
+        return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice)
 
     def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels):
         if apply_ln:

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here; fai
 
 from hf_models import build  # noqa: E402
 
-from lens import HookedTransformer, ModelConfig  # noqa: E402
+from lens import HookedTransformer, ModelConfig, RotaryConfig  # noqa: E402
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -42,6 +42,8 @@ TINY_VARIANTS = {
     "gpt2_like": tiny_config(),
     "llama_like": tiny_config(norm="rmsnorm", positions="rotary", gated_mlp=True, act_fn="silu", n_kv_heads=2),
     "parallel": tiny_config(positions="rotary", parallel_attn_mlp=True, act_fn="gelu"),
+    "parallel_shared_norm": tiny_config(positions="rotary", parallel_attn_mlp=True, shared_norm=True,
+                                        rotary=RotaryConfig(dim=4, style="adjacent")),
     "gemma_like": tiny_config(norm="rmsnorm", norm_weight_offset=1.0, positions="rotary", gated_mlp=True,
                               act_fn="gelu_pytorch_tanh", post_norms=True, qk_norm=True, n_kv_heads=1,
                               sliding_windows=(4, None, 4), embed_scale=32 ** 0.5),

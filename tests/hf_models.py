@@ -9,10 +9,12 @@ from transformers import (
     Gemma3TextConfig,
     GemmaConfig,
     GPT2Config,
+    GPTJConfig,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     Phi3Config,
+    PhiConfig,
     Qwen2Config,
     Qwen3Config,
 )
@@ -25,6 +27,9 @@ CONFIGS = {
     "gpt_neox": lambda: GPTNeoXConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                 "partial_rotary_factor": 0.25}),
     "gpt_neox_sequential": lambda: GPTNeoXConfig(**TINY, use_parallel_residual=False),
+    "gptj": lambda: GPTJConfig(vocab_size=96, n_positions=64, n_embd=64, n_layer=3, n_head=4, rotary_dim=8),
+    "phi": lambda: PhiConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                      "partial_rotary_factor": 0.5}),
     "llama": lambda: LlamaConfig(**TINY, num_key_value_heads=2),
     "llama3_rope": lambda: LlamaConfig(**TINY, num_key_value_heads=2, rope_parameters={
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,

@@ -18,7 +18,10 @@ class Block(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         object.__setattr__(self, "weights", weights)  # shared with the model, not a submodule
-        self.ln1, self.ln2 = Norm(cfg), Norm(cfg)
+        self.ln1 = Norm(cfg)
+        if not cfg.shared_norm:
+            self.ln2 = Norm(cfg)
+        self.mlp_norm = "ln1" if cfg.shared_norm else "ln2"
         if cfg.post_norms:
             self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.attn = Attention(cfg, weights, layer)
@@ -67,7 +70,7 @@ class Block(nn.Module):
             mlp_in = resid_pre
         else:
             mlp_in = resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.mlp(self.norm("ln2", self.hook_mlp_in(mlp_in)))
+        mlp_out = self.mlp(self.norm(self.mlp_norm, self.hook_mlp_in(mlp_in)))
         if self.cfg.post_norms:
             mlp_out = self.norm("ln2_post", mlp_out)
         mlp_out = self.hook_mlp_out(mlp_out)

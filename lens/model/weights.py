@@ -27,7 +27,7 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "W_O": (L, H * E, D), "b_O": (L, D),
         "W_in": (L, D, M), "b_in": (L, M),
         "W_out": (L, M, D), "b_out": (L, D),
-        "ln1_w": (L, D), "ln2_w": (L, D), "ln_final_w": (D,),
+        "ln1_w": (L, D), "ln_final_w": (D,),
         "b_U": (V,),
     }
     if cfg.positions == "learned":
@@ -36,8 +36,10 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["W_U"] = (D, V)
     if cfg.gated_mlp:
         shapes["W_gate"] = (L, D, M)
+    if not cfg.shared_norm:
+        shapes["ln2_w"] = (L, D)
     if cfg.norm == "layernorm":
-        shapes |= {"ln1_b": (L, D), "ln2_b": (L, D), "ln_final_b": (D,)}
+        shapes |= {"ln1_b": (L, D), "ln_final_b": (D,)} | ({} if cfg.shared_norm else {"ln2_b": (L, D)})
     if cfg.post_norms:
         shapes |= {"ln1_post_w": (L, D), "ln2_post_w": (L, D)}
     if cfg.qk_norm:

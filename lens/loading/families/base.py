@@ -39,9 +39,9 @@ class Checkpoint:
     def has(self, key: str) -> bool:
         return any(k in self.sd for k in (key, self.prefix + key, key.removeprefix(self.prefix)))
 
-    def unembedding(self, cfg: ModelConfig, key: str) -> StateDict:
-        """W_U (from `key`, an [d_vocab, d_model] weight, unless tied to W_E) and a zero b_U."""
-        out = {"b_U": torch.zeros(cfg.d_vocab)}
+    def unembedding(self, cfg: ModelConfig, key: str, bias_key: str | None = None) -> StateDict:
+        """W_U (from `key`, an [d_vocab, d_model] weight, unless tied to W_E) and b_U (zero without bias_key)."""
+        out = {"b_U": self.get(bias_key) if bias_key else torch.zeros(cfg.d_vocab)}
         if not cfg.tied_embeddings:
             out["W_U"] = self.get(key).T
         return out
