@@ -10,9 +10,11 @@ from transformers import (
     GemmaConfig,
     GPT2Config,
     GPTJConfig,
+    GPTNeoConfig,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    OPTConfig,
     Phi3Config,
     PhiConfig,
     Qwen2Config,
@@ -27,6 +29,12 @@ CONFIGS = {
     "gpt_neox": lambda: GPTNeoXConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                 "partial_rotary_factor": 0.25}),
     "gpt_neox_sequential": lambda: GPTNeoXConfig(**TINY, use_parallel_residual=False),
+    "gpt_neo": lambda: GPTNeoConfig(vocab_size=96, max_position_embeddings=64, hidden_size=64, num_layers=3,
+                                    num_heads=4, window_size=4, attention_types=[[["global", "local"], 1],
+                                                                                 [["local"], 1]]),
+    "opt": lambda: OPTConfig(vocab_size=96, hidden_size=64, num_hidden_layers=3, ffn_dim=112,
+                             max_position_embeddings=64, num_attention_heads=4, word_embed_proj_dim=64,
+                             pad_token_id=1, bos_token_id=2, eos_token_id=2),
     "gptj": lambda: GPTJConfig(vocab_size=96, n_positions=64, n_embd=64, n_layer=3, n_head=4, rotary_dim=8),
     "phi": lambda: PhiConfig(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                       "partial_rotary_factor": 0.5}),
@@ -69,6 +77,7 @@ def build(name: str, seed: int = 0):
 
 def decoder_layers(model) -> list:
     base = getattr(model, "transformer", None) or getattr(model, "gpt_neox", None) or model.model
+    base = getattr(base, "decoder", base)  # OPT
     return list(getattr(base, "h", None) or base.layers)
 
 
