@@ -60,8 +60,10 @@ class ModelConfig:
     local_rotary: RotaryConfig | None = None  # rotary of sliding-window layers when it differs
     parallel_attn_mlp: bool = False  # GPT-NeoX: resid + attn(ln1(x)) + mlp(ln2(x))
     shared_norm: bool = False  # GPT-J, Phi: a parallel block's MLP reads ln1 too; there is no ln2
-    post_norms: bool = False  # Gemma 2/3: norm the attn and MLP outputs before adding them
-    qk_norm: bool = False  # RMSNorm over d_head on queries and keys before rotary
+    pre_norms: bool = True  # False for OLMo-2: attention and MLP read the raw residual
+    post_norms: bool = False  # Gemma 2/3, OLMo-2: norm the attn and MLP outputs before adding them
+    qk_norm: bool = False  # RMSNorm on queries and keys before rotary
+    qk_norm_per_head: bool = True  # over d_head (Gemma 3, Qwen3), or over all heads at once (OLMo-2)
     attn_scale: float | None = None  # None = sqrt(d_head); scores are divided by it
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
@@ -80,6 +82,8 @@ class ModelConfig:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if not (self.pre_norms or self.post_norms):
+            raise ValueError("a block needs pre-norms, post-norms or both")
         if self.shared_norm and not self.parallel_attn_mlp:
             raise ValueError("shared_norm is for parallel blocks (parallel_attn_mlp=True)")
         if self.sliding_windows is not None and len(self.sliding_windows) != self.n_layers:

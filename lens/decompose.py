@@ -61,6 +61,8 @@ class ResidualAnalyses:
         layer = self._layer(layer)
         if layer == self.model.cfg.n_layers:
             return self._frozen_norm(residual_stack, "ln_final", None, pos_slice)
+        if not self.model.cfg.pre_norms:  # the layer reads the residual without a norm
+            return residual_stack
         mlp_norm = self.model.blocks[layer].mlp_norm
         return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice)
 

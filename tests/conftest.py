@@ -44,6 +44,8 @@ TINY_VARIANTS = {
     "parallel": tiny_config(positions="rotary", parallel_attn_mlp=True, act_fn="gelu"),
     "parallel_shared_norm": tiny_config(positions="rotary", parallel_attn_mlp=True, shared_norm=True,
                                         rotary=RotaryConfig(dim=4, style="adjacent")),
+    "olmo2_like": tiny_config(norm="rmsnorm", positions="rotary", gated_mlp=True, act_fn="silu", n_kv_heads=2,
+                              pre_norms=False, post_norms=True, qk_norm=True, qk_norm_per_head=False),
     "gemma_like": tiny_config(norm="rmsnorm", norm_weight_offset=1.0, positions="rotary", gated_mlp=True,
                               act_fn="gelu_pytorch_tanh", post_norms=True, qk_norm=True, n_kv_heads=1,
                               sliding_windows=(4, None, 4), embed_scale=32 ** 0.5),

@@ -64,6 +64,7 @@ def _fold_ln(model) -> str:
         raise NotImplementedError("fold_ln of a LayerNorm into a gated MLP is not supported")
     mlp = ("in", "gate") if cfg.gated_mlp else ("in",)
     groups = [("ln1", ("Q", "K", "V") + mlp)] if cfg.shared_norm else [("ln1", ("Q", "K", "V")), ("ln2", mlp)]
+    groups = groups if cfg.pre_norms else []
     for norm, readers in groups:
         scale = _norm_scale(model, f"{norm}_w")  # [n_layers, d_model]
         shift = getattr(w, f"{norm}_b").float() if layer_norm else None
@@ -81,7 +82,7 @@ def _fold_ln(model) -> str:
         w.ln_final_b.zero_()
     extra = " (post-norms and qk-norms keep their weights: nothing linear follows them)" \
         if cfg.post_norms or cfg.qk_norm else ""
-    return f"fold_ln: {', '.join(n for n, _ in groups)} and ln_final weights{' and biases' if layer_norm else ''} folded{extra}"
+    return f"fold_ln: {', '.join([n for n, _ in groups] + ['ln_final'])} weights{' and biases' if layer_norm else ''} folded{extra}"
 
 
 def _center_writing_weights(model) -> str:

@@ -13,7 +13,7 @@ def summary(model) -> str:
         f"d_mlp {c.d_mlp}{' (gated)' if c.gated_mlp else ''}, d_vocab {c.d_vocab}, n_ctx {c.n_ctx}",
         f"parameters   {c.n_params / 1e6:.1f}M, {model.dtype}, on {model.device}",
         f"blocks       {c.norm}{' (1+w)' if c.norm_weight_offset else ''}, {c.positions} positions, {c.act_fn}"
-        f"{', parallel attn+MLP' if c.parallel_attn_mlp else ''}{', post-norms' if c.post_norms else ''}"
+        f"{', parallel attn+MLP' if c.parallel_attn_mlp else ''}{', post-norms' if c.post_norms else ''}{'' if c.pre_norms else ', no pre-norms'}"
         f"{', qk-norm' if c.qk_norm else ''}{windows}",
         f"tokenizer    {'none' if model.tokenizer is None else type(model.tokenizer).__name__}; "
         f"prepends BOS by default: {c.default_prepend_bos}",

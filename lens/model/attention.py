@@ -96,9 +96,12 @@ class Attention(nn.Module):
         q = self.hook_q(self.project(q_in, "W_Q"))
         k = self.hook_k(self.project(k_in, "W_K"))
         v = self.hook_v(self.project(v_in, "W_V"))
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_per_head:
             q = self.q_norm(q, w.q_norm_w[self.layer])
             k = self.k_norm(k, w.k_norm_w[self.layer])
+        elif cfg.qk_norm:  # one norm over all heads' features (OLMo-2)
+            q = self.q_norm(q.flatten(-2), w.q_norm_w[self.layer]).view_as(q)
+            k = self.k_norm(k.flatten(-2), w.k_norm_w[self.layer]).view_as(k)
         if self.rotary is not None:
             cos, sin = ctx.rotary[self.rotary]
             q = self.hook_rot_q(rotate(q, cos, sin, self.rotary.style))

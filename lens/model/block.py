@@ -18,8 +18,9 @@ class Block(nn.Module):
         super().__init__()
         self.cfg, self.layer = cfg, layer
         object.__setattr__(self, "weights", weights)  # shared with the model, not a submodule
-        self.ln1 = Norm(cfg)
-        if not cfg.shared_norm:
+        if cfg.pre_norms:
+            self.ln1 = Norm(cfg)
+        if cfg.pre_norms and not cfg.shared_norm:
             self.ln2 = Norm(cfg)
         self.mlp_norm = "ln1" if cfg.shared_norm else "ln2"
         if cfg.post_norms:
@@ -41,6 +42,8 @@ class Block(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, name):  # OLMo-2 has no pre-norms: the block reads the residual as it is
+            return x
         w = self.weights
         bias = getattr(w, f"{name}_b")[self.layer] if self.cfg.norm == "layernorm" else None
         return getattr(self, name)(x, getattr(w, f"{name}_w")[self.layer], bias)

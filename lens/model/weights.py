@@ -27,7 +27,7 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "W_O": (L, H * E, D), "b_O": (L, D),
         "W_in": (L, D, M), "b_in": (L, M),
         "W_out": (L, M, D), "b_out": (L, D),
-        "ln1_w": (L, D), "ln_final_w": (D,),
+        "ln_final_w": (D,),
         "b_U": (V,),
     }
     if cfg.positions == "learned":
@@ -36,14 +36,15 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["W_U"] = (D, V)
     if cfg.gated_mlp:
         shapes["W_gate"] = (L, D, M)
-    if not cfg.shared_norm:
-        shapes["ln2_w"] = (L, D)
+    pre = (["ln1"] + ([] if cfg.shared_norm else ["ln2"])) if cfg.pre_norms else []
+    shapes |= {f"{norm}_w": (L, D) for norm in pre}
     if cfg.norm == "layernorm":
-        shapes |= {"ln1_b": (L, D), "ln_final_b": (D,)} | ({} if cfg.shared_norm else {"ln2_b": (L, D)})
+        shapes |= {f"{norm}_b": (L, D) for norm in pre} | {"ln_final_b": (D,)}
     if cfg.post_norms:
         shapes |= {"ln1_post_w": (L, D), "ln2_post_w": (L, D)}
     if cfg.qk_norm:
-        shapes |= {"q_norm_w": (L, E), "k_norm_w": (L, E)}
+        shapes |= {"q_norm_w": (L, E), "k_norm_w": (L, E)} if cfg.qk_norm_per_head else \
+            {"q_norm_w": (L, H * E), "k_norm_w": (L, K * E)}
     return shapes
 
 

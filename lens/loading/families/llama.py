@@ -35,6 +35,11 @@ def qwen3_config(hf) -> ModelConfig:
     return dataclasses.replace(config(hf), qk_norm=True)
 
 
+def olmo2_config(hf) -> ModelConfig:
+    """OLMo-2 norms block outputs, not inputs, and its qk-norm spans all heads."""
+    return dataclasses.replace(config(hf), pre_norms=False, post_norms=True, qk_norm=True, qk_norm_per_head=False)
+
+
 def gemma_config(hf) -> ModelConfig:
     common = _common(hf)
     rope, d_head = hf.rope_parameters, common["d_head"]
@@ -63,15 +68,20 @@ def convert(sd, cfg: ModelConfig):
         "W_gate": ck.stack(mlp + "gate_proj.weight", t),
         "W_in": ck.stack(mlp + "up_proj.weight", t), "b_in": ck.stack(mlp + "up_proj.bias", zeros=(M,)),
         "W_out": ck.stack(mlp + "down_proj.weight", t), "b_out": ck.stack(mlp + "down_proj.bias", zeros=(D,)),
-        "ln1_w": ck.stack("layers.{i}.input_layernorm.weight"),
         "ln_final_w": ck.get("norm.weight"),
     }
-    if cfg.post_norms:  # Gemma: post_attention_layernorm is the attention output's norm
-        out |= {"ln1_post_w": ck.stack("layers.{i}.post_attention_layernorm.weight"),
-                "ln2_w": ck.stack("layers.{i}.pre_feedforward_layernorm.weight"),
-                "ln2_post_w": ck.stack("layers.{i}.post_feedforward_layernorm.weight")}
+    def norm(name: str) -> str:
+        return f"layers.{{i}}.{name}.weight"
+
+    if cfg.pre_norms:
+        out["ln1_w"] = ck.stack(norm("input_layernorm"))
+    if cfg.post_norms:  # Gemma, OLMo-2: post_attention_layernorm is the attention output's norm
+        out |= {"ln1_post_w": ck.stack(norm("post_attention_layernorm")),
+                "ln2_post_w": ck.stack(norm("post_feedforward_layernorm"))}
+        if cfg.pre_norms:
+            out["ln2_w"] = ck.stack(norm("pre_feedforward_layernorm"))
     else:
-        out["ln2_w"] = ck.stack("layers.{i}.post_attention_layernorm.weight")
+        out["ln2_w"] = ck.stack(norm("post_attention_layernorm"))
     if cfg.qk_norm:
         out |= {"q_norm_w": ck.stack(attn + "q_norm.weight"), "k_norm_w": ck.stack(attn + "k_norm.weight")}
     return out | ck.unembedding(cfg, "lm_head.weight")
@@ -96,6 +106,8 @@ LLAMA = Family("Llama (Llama 2/3, SmolLM2)", ("llama",), config, convert,
                + "; SmolLM2-135M GGUF vs HF's GGUF load")
 MISTRAL = Family("Mistral", ("mistral",), config, convert, _VERIFIED.format("MistralForCausalLM (sliding window)"))
 QWEN2 = Family("Qwen2", ("qwen2",), config, convert, _VERIFIED.format("Qwen2ForCausalLM (qkv biases)"))
+OLMO2 = Family("OLMo-2", ("olmo2",), olmo2_config, convert,
+               _VERIFIED.format("Olmo2ForCausalLM (post-norms only, qk-norm over all heads)"))
 QWEN3 = Family("Qwen3", ("qwen3",), qwen3_config, convert, _VERIFIED.format("Qwen3ForCausalLM (qk-norm)"))
 PHI3 = Family("Phi-3", ("phi3",), config, phi3_convert, _VERIFIED.format("Phi3ForCausalLM (fused qkv, partial rotary)"))
 GEMMA = Family("Gemma", ("gemma",), gemma_config, convert, _VERIFIED.format("GemmaForCausalLM"))
