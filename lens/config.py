@@ -64,6 +64,9 @@ class ModelConfig:
     post_norms: bool = False  # Gemma 2/3, OLMo-2: norm the attn and MLP outputs before adding them
     qk_norm: bool = False  # RMSNorm on queries and keys before rotary
     qk_norm_per_head: bool = True  # over d_head (Gemma 3, Qwen3), or over all heads at once (OLMo-2)
+    n_experts: int = 0  # mixture of experts (Mixtral) when > 0: each MLP is n_experts gated experts
+    experts_per_token: int = 0  # top-k experts each token is routed to
+    moe_renormalize: bool = True  # rescale the chosen experts' router probabilities to sum to 1
     attn_scale: float | None = None  # None = sqrt(d_head); scores are divided by it
     attn_logit_softcap: float | None = None
     final_logit_softcap: float | None = None
@@ -82,6 +85,8 @@ class ModelConfig:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.n_experts and not (self.gated_mlp and 0 < self.experts_per_token <= self.n_experts):
+            raise ValueError("a mixture of experts needs gated experts and 0 < experts_per_token <= n_experts")
         if not (self.pre_norms or self.post_norms):
             raise ValueError("a block needs pre-norms, post-norms or both")
         if self.shared_norm and not self.parallel_attn_mlp:
@@ -105,7 +110,7 @@ class ModelConfig:
     def n_params(self) -> int:
         """Parameters of the transformer blocks and embeddings (what the summary reports)."""
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
-        mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+        mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2) * max(1, self.n_experts)
         embed = self.d_vocab * self.d_model * (1 if self.tied_embeddings else 2)
         pos = self.n_ctx * self.d_model if self.positions == "learned" else 0
         return self.n_layers * (attn + mlp) + embed + pos

@@ -123,6 +123,9 @@ class ResidualAnalyses:
 
     def _neurons(self, i: int, pos_slice: PosSlice, neurons: torch.Tensor) -> torch.Tensor:
         """[n_neurons, batch, pos, d_model]: layer i's chosen neurons' writes (no bias)."""
+        if self.model.cfg.n_experts:
+            raise ValueError("mixture-of-experts layers have no per-neuron decomposition (expert neurons are "
+                             "not hook points); use expand_neurons=False or a decomposition by head/layer")
         post = pos_select(self["post", i], pos_slice)[..., neurons]
         result = torch.einsum("...pn,nd->n...pd", post, self.model.W_out[i][neurons])
         return self._frozen_norm(result, "ln2_post", i, pos_slice) if self.model.cfg.post_norms else result

@@ -87,7 +87,7 @@ class HookHandle:
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
             "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
 _ATTN_NAMES = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores"}
-_MLP_NAMES = {"pre", "pre_linear", "mid", "post"}
+_MLP_NAMES = {"pre", "pre_linear", "mid", "post", "router_logits", "expert_indices", "expert_weights"}
 _LAYER_TYPES = {"a": "attn", "attention": "attn", "m": "mlp", "b": "", "block": "", "blocks": ""}
 
 

@@ -49,10 +49,12 @@ def _set_identity(model, name: str) -> None:
 
 def _fold_into(w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor | None,
                center: bool) -> None:
-    """W [.., d_model, out] reads norm(x) = n(x) * scale + shift: fold scale and shift into W and b."""
+    """W [n_layers, (n_experts,) d_model, out] reads norm(x) = n(x) * scale + shift, with scale and
+    shift [n_layers, d_model] (or [d_model]): fold them into W and b."""
+    experts = (1,) * (w.dim() - scale.dim() - 1)  # broadcast over an expert axis
     if shift is not None:
-        b += (shift[..., None, :] @ w.float()).squeeze(-2).to(b.dtype)
-    w.copy_((w.float() * scale[..., :, None]).to(w.dtype))
+        b += (shift.view(*shift.shape[:-1], *experts, 1, -1) @ w.float()).squeeze(-2).to(b.dtype)
+    w.copy_((w.float() * scale.view(*scale.shape[:-1], *experts, -1, 1)).to(w.dtype))
     if center:
         w -= w.mean(-2, keepdim=True)
 
@@ -63,6 +65,7 @@ def _fold_ln(model) -> str:
     if layer_norm and cfg.gated_mlp:  # no family has this; W_gate has no bias to take the LayerNorm shift
         raise NotImplementedError("fold_ln of a LayerNorm into a gated MLP is not supported")
     mlp = ("in", "gate") if cfg.gated_mlp else ("in",)
+    mlp = mlp + ("router",) if cfg.n_experts else mlp
     groups = [("ln1", ("Q", "K", "V") + mlp)] if cfg.shared_norm else [("ln1", ("Q", "K", "V")), ("ln2", mlp)]
     groups = groups if cfg.pre_norms else []
     for norm, readers in groups:

@@ -10,7 +10,8 @@ def summary(model) -> str:
         f"model        {info.get('name', 'random weights')} ({c.model_type})",
         f"source       {info.get('source', 'from_config')}" + (f"  [hub: {info['hub_id']}]" if info.get("hub_id") else ""),
         f"shape        {c.n_layers} layers, d_model {c.d_model}, {attention}, d_head {c.d_head}, "
-        f"d_mlp {c.d_mlp}{' (gated)' if c.gated_mlp else ''}, d_vocab {c.d_vocab}, n_ctx {c.n_ctx}",
+        f"d_mlp {c.d_mlp}{' (gated)' if c.gated_mlp else ''}"
+        f"{f' x {c.n_experts} experts, top {c.experts_per_token}' if c.n_experts else ''}, d_vocab {c.d_vocab}, n_ctx {c.n_ctx}",
         f"parameters   {c.n_params / 1e6:.1f}M, {model.dtype}, on {model.device}",
         f"blocks       {c.norm}{' (1+w)' if c.norm_weight_offset else ''}, {c.positions} positions, {c.act_fn}"
         f"{', parallel attn+MLP' if c.parallel_attn_mlp else ''}{', post-norms' if c.post_norms else ''}{'' if c.pre_norms else ', no pre-norms'}"

@@ -9,6 +9,7 @@ from lens.config import ModelConfig
 from lens.hooks import HookPoint
 from lens.model.attention import Attention, ForwardContext
 from lens.model.mlp import MLP
+from lens.model.moe import MoE
 from lens.model.norm import Norm
 from lens.model.weights import Weights
 
@@ -26,7 +27,7 @@ class Block(nn.Module):
         if cfg.post_norms:
             self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.attn = Attention(cfg, weights, layer)
-        self.mlp = MLP(cfg, weights, layer)
+        self.mlp = MoE(cfg, weights, layer) if cfg.n_experts else MLP(cfg, weights, layer)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         # Per-head copies of the attention input, built only when hooked (TransformerLens's
         # use_attn_in / use_split_qkv_input), pre-norm: [batch, pos, n_heads | n_kv_heads, d_model].

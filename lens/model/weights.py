@@ -36,6 +36,10 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes["W_U"] = (D, V)
     if cfg.gated_mlp:
         shapes["W_gate"] = (L, D, M)
+    if cfg.n_experts:  # every MLP weight gains an expert axis after the layer axis
+        X = cfg.n_experts
+        shapes |= {"W_router": (L, D, X), "W_in": (L, X, D, M), "W_gate": (L, X, D, M), "b_in": (L, X, M),
+                   "W_out": (L, X, M, D)}
     pre = (["ln1"] + ([] if cfg.shared_norm else ["ln2"])) if cfg.pre_norms else []
     shapes |= {f"{norm}_w": (L, D) for norm in pre}
     if cfg.norm == "layernorm":

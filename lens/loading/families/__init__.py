@@ -4,7 +4,7 @@ from lens.errors import UnsupportedModelError
 from lens.loading.families import gpt2, gpt_neox, learned_positions, llama, parallel
 from lens.loading.families.base import Family
 
-FAMILIES: tuple[Family, ...] = (gpt2.FAMILY, learned_positions.GPT_NEO, learned_positions.OPT, gpt_neox.FAMILY, parallel.GPTJ, parallel.PHI, llama.LLAMA, llama.MISTRAL, llama.QWEN2, llama.QWEN3, llama.OLMO2,
+FAMILIES: tuple[Family, ...] = (gpt2.FAMILY, learned_positions.GPT_NEO, learned_positions.OPT, gpt_neox.FAMILY, parallel.GPTJ, parallel.PHI, llama.LLAMA, llama.MISTRAL, llama.MIXTRAL, llama.QWEN2, llama.QWEN3, llama.OLMO2,
                                 llama.PHI3, llama.GEMMA, llama.GEMMA2, llama.GEMMA3)
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 

@@ -14,6 +14,8 @@ import torch
 from lens.config import ModelConfig
 from lens.loading.families.base import Checkpoint, Family, hf_get, rotary_config, sliding_windows, token_ids
 
+t = torch.Tensor.t
+
 
 def _common(hf) -> dict:
     d_head = hf_get(hf, "head_dim", default=hf.hidden_size // hf.num_attention_heads)
@@ -33,6 +35,10 @@ def config(hf) -> ModelConfig:
 
 def qwen3_config(hf) -> ModelConfig:
     return dataclasses.replace(config(hf), qk_norm=True)
+
+
+def mixtral_config(hf) -> ModelConfig:
+    return dataclasses.replace(config(hf), n_experts=hf.num_local_experts, experts_per_token=hf.num_experts_per_tok)
 
 
 def olmo2_config(hf) -> ModelConfig:
@@ -56,20 +62,21 @@ def gemma_config(hf) -> ModelConfig:
 
 def convert(sd, cfg: ModelConfig):
     ck = Checkpoint(sd, "model.", cfg.n_layers)
-    H, K, E, D, M = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
-    t = torch.Tensor.t
-    attn, mlp = "layers.{i}.self_attn.", "layers.{i}.mlp."
+    return _attention_and_norms(ck, cfg) | _mlp(ck, cfg) | ck.unembedding(cfg, "lm_head.weight")
+
+
+def _attention_and_norms(ck: Checkpoint, cfg: ModelConfig):
+    H, K, E, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    attn = "layers.{i}.self_attn."
     out = {
         "W_E": ck.get("embed_tokens.weight"),
         "W_Q": ck.stack(attn + "q_proj.weight", t), "b_Q": ck.stack(attn + "q_proj.bias", zeros=(H * E,)),
         "W_K": ck.stack(attn + "k_proj.weight", t), "b_K": ck.stack(attn + "k_proj.bias", zeros=(K * E,)),
         "W_V": ck.stack(attn + "v_proj.weight", t), "b_V": ck.stack(attn + "v_proj.bias", zeros=(K * E,)),
         "W_O": ck.stack(attn + "o_proj.weight", t), "b_O": ck.stack(attn + "o_proj.bias", zeros=(D,)),
-        "W_gate": ck.stack(mlp + "gate_proj.weight", t),
-        "W_in": ck.stack(mlp + "up_proj.weight", t), "b_in": ck.stack(mlp + "up_proj.bias", zeros=(M,)),
-        "W_out": ck.stack(mlp + "down_proj.weight", t), "b_out": ck.stack(mlp + "down_proj.bias", zeros=(D,)),
         "ln_final_w": ck.get("norm.weight"),
     }
+
     def norm(name: str) -> str:
         return f"layers.{{i}}.{name}.weight"
 
@@ -84,7 +91,40 @@ def convert(sd, cfg: ModelConfig):
         out["ln2_w"] = ck.stack(norm("post_attention_layernorm"))
     if cfg.qk_norm:
         out |= {"q_norm_w": ck.stack(attn + "q_norm.weight"), "k_norm_w": ck.stack(attn + "k_norm.weight")}
-    return out | ck.unembedding(cfg, "lm_head.weight")
+    return out
+
+
+def _mlp(ck: Checkpoint, cfg: ModelConfig):
+    mlp, M, D = "layers.{i}.mlp.", cfg.d_mlp, cfg.d_model
+    return {
+        "W_gate": ck.stack(mlp + "gate_proj.weight", t),
+        "W_in": ck.stack(mlp + "up_proj.weight", t), "b_in": ck.stack(mlp + "up_proj.bias", zeros=(M,)),
+        "W_out": ck.stack(mlp + "down_proj.weight", t), "b_out": ck.stack(mlp + "down_proj.bias", zeros=(D,)),
+    }
+
+
+def _experts(ck: Checkpoint, cfg: ModelConfig):
+    """Mixtral experts, from transformers 5's fused [expert, 2 * d_mlp, d_model] tensors or the
+    per-expert w1 (gate) / w3 (up) / w2 (down) weights that checkpoints on the hub hold."""
+    X, M, L = cfg.n_experts, cfg.d_mlp, cfg.n_layers
+    if ck.has("layers.0.mlp.experts.gate_up_proj"):
+        gate_up = ck.stack("layers.{i}.mlp.experts.gate_up_proj").transpose(-1, -2)  # [L, X, D, 2M]
+        gate, up = gate_up[..., :M], gate_up[..., M:]
+        down = ck.stack("layers.{i}.mlp.experts.down_proj").transpose(-1, -2)  # [L, X, M, D]
+        router = ck.stack("layers.{i}.mlp.gate.weight", t)
+    else:
+        def experts(name):  # [L, X, in, out]
+            return torch.stack([torch.stack([ck.get(f"layers.{i}.block_sparse_moe.experts.{e}.{name}.weight").t()
+                                             for e in range(X)]) for i in range(L)])
+        gate, up, down = experts("w1"), experts("w3"), experts("w2")
+        router = ck.stack("layers.{i}.block_sparse_moe.gate.weight", t)
+    return {"W_router": router, "W_gate": gate.contiguous(), "W_in": up.contiguous(), "W_out": down.contiguous(),
+            "b_in": torch.zeros(L, X, M), "b_out": torch.zeros(L, cfg.d_model)}
+
+
+def mixtral_convert(sd, cfg: ModelConfig):
+    ck = Checkpoint(sd, "model.", cfg.n_layers)
+    return _attention_and_norms(ck, cfg) | _experts(ck, cfg) | ck.unembedding(cfg, "lm_head.weight")
 
 
 def phi3_convert(sd, cfg: ModelConfig):
@@ -106,6 +146,8 @@ LLAMA = Family("Llama (Llama 2/3, SmolLM2)", ("llama",), config, convert,
                + "; SmolLM2-135M GGUF vs HF's GGUF load")
 MISTRAL = Family("Mistral", ("mistral",), config, convert, _VERIFIED.format("MistralForCausalLM (sliding window)"))
 QWEN2 = Family("Qwen2", ("qwen2",), config, convert, _VERIFIED.format("Qwen2ForCausalLM (qkv biases)"))
+MIXTRAL = Family("Mixtral (mixture of experts)", ("mixtral",), mixtral_config, mixtral_convert,
+                 _VERIFIED.format("MixtralForCausalLM (4 experts, top 2)") + "; router hooks checked against HF's router")
 OLMO2 = Family("OLMo-2", ("olmo2",), olmo2_config, convert,
                _VERIFIED.format("Olmo2ForCausalLM (post-norms only, qk-norm over all heads)"))
 QWEN3 = Family("Qwen3", ("qwen3",), qwen3_config, convert, _VERIFIED.format("Qwen3ForCausalLM (qk-norm)"))
