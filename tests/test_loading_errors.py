@@ -37,6 +37,20 @@ def test_a_corrupt_gguf_is_reported_as_corrupt(tmp_path):
         HookedTransformer.from_pretrained(str(bad))
 
 
+def test_a_gguf_of_an_architecture_transformers_cannot_map_is_unsupported(tmp_path):
+    import gguf
+    import numpy as np
+    path = tmp_path / "foreign.gguf"
+    writer = gguf.GGUFWriter(str(path), "foobar")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(lens.UnsupportedModelError, match="architecture foobar is not supported"):
+        HookedTransformer.from_pretrained(str(path))
+
+
 def test_a_corrupt_safetensors_is_reported_as_corrupt(hf_folder, tmp_path):
     _, folder = hf_folder("llama")
     for f in folder.iterdir():

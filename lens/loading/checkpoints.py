@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lens.errors import CorruptCheckpointError, ModelFileNotFoundError, UnknownModelError
+from lens.errors import CorruptCheckpointError, ModelFileNotFoundError, UnknownModelError, UnsupportedModelError
 from lens.loading.families import family_for
 
 
@@ -83,15 +83,22 @@ def read_gguf(path: Path) -> HFCheckpoint:
 
     check_gguf_header(path)
     folder, name = str(path.parent), path.name
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    transformers_log = logging.getLogger("transformers")
+    level = transformers_log.level
+    transformers_log.setLevel(logging.ERROR)  # its per-tensor dequantization warnings, for this read only
     try:
-        hf_config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (ValueError, KeyError, OSError) as err:
-        if "not supported" in str(err) or "Unrecognized" in str(err):
-            raise
-        raise CorruptCheckpointError(f"cannot read GGUF file {path}: {err}") from err
+        try:
+            hf_config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        except ValueError as err:  # transformers cannot map this GGUF architecture at all
+            raise UnsupportedModelError(f"{path}: {err}") from err
+        family_for(hf_config.model_type)  # an unsupported architecture fails before dequantizing
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            hf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        except (ValueError, KeyError, OSError) as err:
+            raise CorruptCheckpointError(f"cannot read GGUF file {path}: {err}") from err
+    finally:
+        transformers_log.setLevel(level)
     return HFCheckpoint(hf_config, hf_model.state_dict(), tokenizer)
 
 
