@@ -50,6 +50,28 @@ def test_cached_steps_of_a_left_padded_batch_equal_each_row_alone(tiny_model):
     assert (stepped[0, 3:] - alone_short[0]).abs().max() <= 1e-5, max_diff(stepped[0, 3:], alone_short[0])
     assert (stepped[1] - alone_long[0]).abs().max() <= 1e-5, max_diff(stepped[1], alone_long[0])
 
+def test_a_cached_step_can_start_at_a_later_layer(tiny_model):
+    # The prefix fills the cache; the rest runs from layer 1 on the residual stream a full forward has there.
+    tokens = random_tokens(2, 12)
+    with torch.no_grad():
+        full, cache_full = tiny_model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_post"])
+        cache = KVCache(tiny_model.cfg, 2, 12, tiny_model.dtype)
+        tiny_model(tokens[:, :7], past_kv_cache=cache)
+        resid = cache_full["blocks.0.hook_resid_post"][:, 7:]
+        rest = tiny_model(resid, start_at_layer=1, past_kv_cache=cache)
+    assert (rest - full[:, 7:]).abs().max() <= 1e-5, max_diff(rest, full[:, 7:])
+
+
+def test_reading_a_cache_layer_that_a_layer_range_skipped_is_an_error(tiny_model):
+    tokens = random_tokens(1, 6)
+    cache = KVCache(tiny_model.cfg, 1, 6, tiny_model.dtype)
+    with torch.no_grad():
+        resid = tiny_model(tokens[:, :4], stop_at_layer=1)
+        tiny_model(resid, start_at_layer=1, past_kv_cache=cache)  # layer 0 holds nothing for positions 0..3
+        with pytest.raises(ValueError, match="layer 0 of the KV cache holds keys and values for 0 of its 4"):
+            tiny_model(tokens[:, 4:], past_kv_cache=cache)
+
+
 
 @pytest.mark.parametrize("variant", ["gpt2_like", "llama_like", "gemma_like"])
 def test_greedy_tokens_are_the_same_with_and_without_the_kv_cache(variant):

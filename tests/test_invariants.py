@@ -1,7 +1,9 @@
 """Algebraic facts every forward pass must satisfy, on random models of each block shape."""
 
 import torch
-from conftest import max_diff
+from conftest import TINY_VARIANTS, max_diff
+
+from lens import HookedTransformer
 
 TOKENS = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
 
@@ -109,3 +111,18 @@ def test_loss_is_the_mean_next_token_cross_entropy(tiny_model):
     assert abs(loss.item() - expected.item()) <= 1e-5
     per_token = tiny_model(TOKENS, return_type="loss", loss_per_token=True)
     assert per_token.shape == (2, 8) and abs(per_token.mean().item() - expected.item()) <= 1e-5
+
+
+def test_rms_norm_keeps_float64_precision():
+    # RMSNorm upcasts half precision to fp32 as HF does, but must not round fp64 down to it.
+    model = HookedTransformer.from_config(TINY_VARIANTS["llama_like"], seed=0, dtype=torch.float64)
+    x = torch.randn(2, 5, model.cfg.d_model, dtype=torch.float64) * 3
+    w = model.weights.ln1_w[0]
+    naive = x / (x.pow(2).mean(-1, keepdim=True) + model.cfg.norm_eps).sqrt() * w
+    norm = model.blocks[0].ln1
+    fast = norm(x, w)
+    with model.hooks([("blocks.0.ln1.hook_scale", lambda scale, hook: None)]):  # the hooked path
+        hooked = norm(x, w)
+    assert fast.dtype == hooked.dtype == torch.float64
+    assert (fast - naive).abs().max() <= 1e-12, max_diff(fast, naive)
+    assert (hooked - naive).abs().max() <= 1e-12, max_diff(hooked, naive)

@@ -10,6 +10,7 @@ from conftest import TINY_VARIANTS, max_diff
 from lens import HookedTransformer, act_name
 from lens.patching import (
     TARGETS,
+    attribution_patch,
     compat,
     generic_activation_patch,
     get_act_patch_attn_head_all_pos_every,
@@ -212,6 +213,18 @@ def test_prompts_of_different_lengths_are_a_clear_error(model):
     _, short_cache = model.run_with_cache(CLEAN[:, :6])
     with pytest.raises(ValueError, match="covers 6 positions and the corrupted tokens have 7"):
         compat.get_act_patch_resid_pre(model, SHARED_PREFIX, short_cache, tl_metric, progress=False)
+
+
+def test_layers_and_positions_out_of_range_or_empty_are_clear_errors(model):
+    n_layers = model.cfg.n_layers
+    with pytest.raises(ValueError, match=rf"layers \[{n_layers}\] out of range: n_layers = {n_layers}"):
+        patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[0, n_layers], progress=False)
+    with pytest.raises(ValueError, match=r"positions \[-8\] out of range: the prompt's tokens = 7"):
+        patch(model, CLEAN, SHARED_PREFIX, tl_metric, positions=[-8], progress=False)
+    with pytest.raises(ValueError, match="layers is empty"):
+        attribution_patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[])
+    last = patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[-1], positions=[-1], progress=False)
+    assert last.tensor.shape == (1, 1) and last.coords == [[n_layers - 1], [6]]
 
 
 def test_an_unknown_target_lists_the_valid_ones(model):

@@ -2,7 +2,8 @@
 
 Keys and values of every layer live in two buffers of the final length, filled
 left to right; a step writes its positions in place and attends over the filled
-prefix. The cache also keeps which positions are real tokens (left padding of a
+prefix. A forward over a layer range (start_at_layer/stop_at_layer) fills only the layers it runs;
+each layer counts its own filled positions, so a layer that missed some cannot be read. The cache also keeps which positions are real tokens (left padding of a
 batch stays masked for the whole generation).
 """
 
@@ -28,6 +29,7 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * cfg.n_layers
         self.valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.length = 0
+        self.filled = [0] * cfg.n_layers  # positions written per layer; a layer that missed some is unusable
         self.padded = False  # whether any filled position is padding
 
     @property
@@ -49,10 +51,15 @@ class KVCache:
         if self.keys[layer] is None:
             self.keys[layer] = torch.empty(self.shape, dtype=self.dtype, device=k.device)
             self.values[layer] = torch.empty(self.shape, dtype=self.dtype, device=k.device)
+        if self.filled[layer] != self.length:
+            raise ValueError(f"layer {layer} of the KV cache holds keys and values for {self.filled[layer]} of its "
+                             f"{self.length} positions: an earlier forward with start_at_layer/stop_at_layer "
+                             f"skipped this layer. Start later forwards past layer {layer}, or rebuild the cache")
         keys, values = self.keys[layer], self.values[layer]
         end = self.length + k.shape[2]
         keys[:, :, self.length:end] = k
         values[:, :, self.length:end] = v
+        self.filled[layer] = end
         return keys[:, :, :end], values[:, :, :end]
 
     def end_step(self, n: int) -> None:

@@ -33,13 +33,14 @@ class Norm(nn.Module):
             x = x - x.mean(-1, keepdim=True)
             scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
             return self.hook_normalized(x / scale * w + b)
-        # RMSNorm in fp32, cast back before the weight, as HF's Llama/Gemma do.
-        weight = w.float() + self.offset if self.offset else w
+        # RMSNorm in fp32 (fp64 stays fp64), cast back before the weight, as HF's Llama/Gemma do.
+        wide = torch.promote_types(x.dtype, torch.float32)
+        weight = w.to(wide) + self.offset if self.offset else w
         if not hooked and not self.offset:
-            return F.rms_norm(x.float(), x.shape[-1:], None, self.eps).to(x.dtype) * weight
-        x32 = x.float()
-        scale = self.hook_scale((x32.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        normalized = self.hook_normalized(x32 / scale)
+            return F.rms_norm(x.to(wide), x.shape[-1:], None, self.eps).to(x.dtype) * weight
+        x_wide = x.to(wide)
+        scale = self.hook_scale((x_wide.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        normalized = self.hook_normalized(x_wide / scale)
         if self.offset:  # Gemma multiplies in fp32 and casts after
             return (normalized * weight).to(x.dtype)
         return normalized.to(x.dtype) * weight

@@ -282,13 +282,12 @@ class HookedTransformer(nn.Module):
         too for a loss). Returns logits [batch, pos, d_vocab], the loss, Output(logits, loss), None,
         or, with stop_at_layer, the residual stream entering that layer.
         past_kv_cache: the input continues the sequences the cache holds (see lens.generation);
-        attention_mask then covers the new positions only."""
+        attention_mask then covers the new positions only. With a layer range, only the layers run
+        store keys and values; a later forward through a layer that missed positions is an error."""
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
         self._check_hooks_fire(start_at_layer, stop_at_layer)
-        if past_kv_cache is not None and (start, stop) != (0, self.cfg.n_layers):
-            raise ValueError("past_kv_cache needs a forward over every layer (no start_at_layer/stop_at_layer)")
         if start_at_layer is None:
             tokens, mask = self._tokens_and_mask(input, prepend_bos, padding_side, attention_mask)
             resid = None
