@@ -49,8 +49,8 @@ def _detection(entry, scores: HeadScores, top_k: int, drawn: Plot | None) -> Hea
                         f"score (BOS excluded); use a longer prompt or sequence")
     top = _top(scores, top_k)
     return HeadDetection(model=entry.handle, kind=scores.kind, on=scores.on, top=top, median=scores.median, plot=drawn,
-                         interpretation=(f"{top[0].head} scores {top[0].score:.2f} as a {scores.kind.replace('_', '-')} "
-                                         f"head (next {', '.join(f'{h.head} {h.score:.2f}' for h in top[1:3])}; "
+                         interpretation=(f"{top[0].head} has the top {scores.kind.replace('_', '-')} score, "
+                                         f"{top[0].score:.2f} (next {', '.join(f'{h.head} {h.score:.2f}' for h in top[1:3])}; "
                                          f"median head {scores.median:.3f})"))
 
 
