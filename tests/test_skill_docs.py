@@ -286,3 +286,7 @@ def test_the_repository_is_a_claude_code_plugin_with_the_skill_and_the_server():
     server = servers["lens"]
     command = " ".join([server["command"], *server.get("args", [])])
     assert "mcp_server" in command or "lens-mcp" in command, command
+    marketplace = json.loads((ROOT / ".claude-plugin" / "marketplace.json").read_text())
+    assert marketplace["owner"]["name"] and re.fullmatch(r"[a-z][a-z0-9-]*", marketplace["name"])
+    listed = {entry["name"]: entry["source"] for entry in marketplace["plugins"]}
+    assert listed.get(manifest["name"]) == "./", f"marketplace.json must list {manifest['name']!r} at ./: {listed}"
