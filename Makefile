@@ -2,6 +2,8 @@
 # make test   set up .venv and run the test suite (the `compare` extra brings TransformerLens,
 #             which the parity tests compare lens against)
 # make bench  set up .venv and print the benchmarks
+# make plugin-check  install Claude Code (npm) into a scratch folder, install this repository as a
+#             plugin there, and show that Claude Code finds the skill and connects to the MCP server
 #
 # TORCH_SPEC picks the torch build: the default pin takes the CPU wheel that lies on this
 # project's machines; elsewhere pip fetches it from PyPI. Override it for another build, e.g.
@@ -13,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench plugin-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +36,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+CLAUDE_SCRATCH ?= /tmp/lens-plugin-check
+plugin-check: $(STAMP)
+	mkdir -p $(CLAUDE_SCRATCH)/home
+	cd $(CLAUDE_SCRATCH) && npm install --silent --no-audit --no-fund @anthropic-ai/claude-code
+	export HOME=$(CLAUDE_SCRATCH)/home PATH="$(abspath $(VENV))/bin:$$PATH" \
+	    CLAUDE=$(CLAUDE_SCRATCH)/node_modules/.bin/claude && \
+	$$CLAUDE plugin validate . && \
+	$$CLAUDE plugin marketplace add "$(CURDIR)" && $$CLAUDE plugin install lens@lens && \
+	$$CLAUDE plugin details lens@lens && $$CLAUDE mcp list
 
 clean:
 	rm -rf $(VENV)
