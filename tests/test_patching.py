@@ -10,6 +10,7 @@ from conftest import TINY_VARIANTS, max_diff
 from lens import HookedTransformer, act_name
 from lens.patching import (
     TARGETS,
+    ablate,
     attribution_patch,
     compat,
     generic_activation_patch,
@@ -217,12 +218,17 @@ def test_prompts_of_different_lengths_are_a_clear_error(model):
 
 def test_layers_and_positions_out_of_range_or_empty_are_clear_errors(model):
     n_layers = model.cfg.n_layers
-    with pytest.raises(ValueError, match=rf"layers \[{n_layers}\] out of range: n_layers = {n_layers}"):
+    with pytest.raises(ValueError, match=rf"layer {n_layers} is out of range for a model of {n_layers} layers: "
+                                         rf"valid values are 0..{n_layers - 1}"):
         patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[0, n_layers], progress=False)
-    with pytest.raises(ValueError, match=r"positions \[-8\] out of range: the prompt's tokens = 7"):
+    with pytest.raises(ValueError, match=r"position -8 is out of range for a prompt of 7 tokens"):
         patch(model, CLEAN, SHARED_PREFIX, tl_metric, positions=[-8], progress=False)
-    with pytest.raises(ValueError, match="layers is empty"):
+    with pytest.raises(ValueError, match="no layers given"):
         attribution_patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[])
+    with pytest.raises(ValueError, match="position 7 is out of range for a prompt of 7 tokens"):
+        ablate(model, CLEAN, tl_metric, positions=[7], progress=False)
+    with pytest.raises(ValueError, match="position 9 is out of range for a prompt of 7 tokens"):
+        patch(model, CLEAN, SHARED_PREFIX, logit_diff(model, 7, 3, pos=9), progress=False)
     last = patch(model, CLEAN, SHARED_PREFIX, tl_metric, layers=[-1], positions=[-1], progress=False)
     assert last.tensor.shape == (1, 1) and last.coords == [[n_layers - 1], [6]]
 

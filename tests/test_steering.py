@@ -51,7 +51,7 @@ def test_bad_steering_arguments_say_what_is_valid(tiny):
     prompt = torch.tensor([[1, 2, 3]])
     with pytest.raises(ValueError, match=r"shape \[d_model\] = \[32\]"):
         steer(tiny, prompt, torch.zeros(16), layer=0)
-    with pytest.raises(ValueError, match="layers 0..2"):
+    with pytest.raises(ValueError, match="layer 3 is out of range for a model of 3 layers: valid values are 0..2"):
         steer(tiny, prompt, torch.zeros(32), layer=3)
     with pytest.raises(ValueError, match="'mean' or 'last'"):
         steering_vector(tiny, [prompt], [prompt], layer=0, position="first")

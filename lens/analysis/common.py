@@ -51,8 +51,23 @@ def prompt_text(model, prompt, tokens: torch.Tensor) -> str:
     return model.to_string(tokens[0]) if model.tokenizer is not None else str(tokens[0].tolist())
 
 
+def in_range(index: int, size: int, what: str, of: str) -> int:
+    """index as 0..size-1 (negative ones count from the end); out of range: a ValueError naming the range,
+    e.g. in_range(40, 30, "layer", "a model of 30 layers")."""
+    if not -size <= index < size:
+        raise ValueError(f"{what} {index} is out of range for {of}: valid values are 0..{size - 1} "
+                         f"(or -{size}..-1 from the end)")
+    return index % size
+
+
+def all_in_range(indices, size: int, what: str, of: str) -> list[int]:
+    """None → all of 0..size-1; else each index checked by in_range. An empty list is an error."""
+    if indices is None:
+        return list(range(size))
+    if not len(indices):
+        raise ValueError(f"no {what}s given: give at least one, or None for all {size}")
+    return [in_range(i, size, what, of) for i in indices]
+
+
 def resolve_pos(pos: int, n: int) -> int:
-    resolved = pos + n if pos < 0 else pos
-    if not 0 <= resolved < n:
-        raise ValueError(f"position {pos} is outside the prompt's {n} tokens")
-    return resolved
+    return in_range(pos, n, "position", f"a prompt of {n} tokens")

@@ -12,18 +12,18 @@ from typing import Literal, Sequence
 
 import torch
 
-from lens.analysis.common import Result, prompt_text, prompt_tokens, token_id, token_str
+from lens.analysis.common import (
+    Result,
+    in_range,
+    prompt_text,
+    prompt_tokens,
+    token_id,
+    token_str,
+)
 from lens.hooks import act_name
 
 Position = Literal["mean", "last"]
 SteerPositions = Literal["all", "prompt", "generated"]
-
-
-def _check_layer(model, layer: int) -> int:
-    n = model.cfg.n_layers
-    if not -n <= layer < n:
-        raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n - 1}")
-    return layer % n
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def steering_vector(model, positive_prompts: Sequence[str] | str, negative_promp
     position ("last")."""
     if position not in ("mean", "last"):
         raise ValueError(f"position must be 'mean' or 'last', not {position!r}")
-    layer = _check_layer(model, layer)
+    layer = in_range(layer, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers")
     name = act_name(hook, layer)
     if name not in model.hook_dict:
         model._hooks.resolve(name)  # raises, naming the valid hooks
@@ -105,7 +105,7 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
     positions: "all", "prompt" (the prompt's positions only), "generated", or a list of absolute
     positions. Greedy by default; with do_sample each coefficient samples with the same seed.
     `tokens`: report how much each one's logit at the prompt's last position moves."""
-    layer = _check_layer(model, layer)
+    layer = in_range(layer, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers")
     name = act_name(hook, layer)
     model._hooks.resolve(name)
     vector = torch.as_tensor(vector, device=model.device).detach()

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from lens.analysis.common import prompt_text, str_tokens
+from lens.analysis.common import all_in_range, prompt_text, str_tokens
 from lens.hooks import act_name
 from lens.patching.components import Component, parse
 from lens.patching.engine import Edit, run_patches
@@ -82,7 +82,7 @@ def ablation_edits(model, components: Sequence[Component], method: Method, n_row
         raise ValueError("a mixture-of-experts MLP has no neuron hook points; ablate the MLP layer instead")
     hooks = sorted({act_name(HOOK_OF[c.kind], c.layer) for c in components})
     values = _replacements(model, method, hooks, reference, n_rows, n_pos, mean_over, seed)
-    fixed = {} if positions is None else {"pos": [p % n_pos for p in positions]}
+    fixed = {} if positions is None else {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")}
     return [Edit(hook, write_slot(values[hook], _where(c, fixed)))
             for c, hook in ((c, act_name(HOOK_OF[c.kind], c.layer)) for c in components)]
 

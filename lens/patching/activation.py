@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from lens.analysis.common import prompt_text, str_tokens
+from lens.analysis.common import all_in_range, prompt_text, str_tokens
 from lens.hooks import act_name
 from lens.patching.engine import Edit, run_patches, scalar
 from lens.patching.inputs import check_length, pair_tokens
@@ -163,24 +163,12 @@ def target(model, what: str) -> Target:
     return TARGETS[what]
 
 
-def in_range(indices: Sequence[int], size: int, what: str, of: str) -> list[int]:
-    """Indices (negative ones count from the end) as 0..size-1; an empty list or one out of range is an error."""
-    indices = list(indices)
-    if not indices:
-        raise ValueError(f"{what} is empty: give at least one, or None for all {size}")
-    wrong = [i for i in indices if not -size <= i < size]
-    if wrong:
-        raise ValueError(f"{what} {wrong} out of range: {of} = {size}, so valid values are 0..{size - 1} "
-                         f"(or -{size}..-1 from the end)")
-    return [i % size for i in indices]
-
-
 def sweep_grid(model, what: str, n_pos: int, layers: Sequence[int] | None, positions: Sequence[int] | None):
     """(target, axes, coords, index rows, fixed slot values) of a patching sweep."""
     spec = target(model, what)
     n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else in_range(layers, n_layers, "layers", "n_layers")
-    pos = list(range(n_pos)) if positions is None else in_range(positions, n_pos, "positions", "the prompt's tokens")
+    layers = all_in_range(layers, n_layers, "layer", f"a model of {n_layers} layers")
+    pos = all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")
     sizes = axis_sizes(model, spec.hook, n_pos)
     coords = [layers] + [pos if a == "pos" else list(range(sizes[a])) for a in spec.axes]
     axes = ["layer"] + ["kv_head" if a == "head" and spec.hook in KV_HOOKS and model.cfg.n_kv_heads != model.cfg.n_heads

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lens.analysis.common import all_in_range
+
 Logits = torch.Tensor  # [..., batch, pos, d_vocab]
 Positions = int | Sequence[int] | None  # None = every position
 
@@ -42,12 +44,13 @@ class Metric:
         self.positions = [positions] if isinstance(positions, int) else None if positions is None else list(positions)
 
     def __call__(self, logits: Logits) -> torch.Tensor:
-        selected = logits if self.positions is None else logits[..., self.positions, :]
+        selected = logits if self.positions is None else logits[..., self.restrict(logits.shape[-2])[0], :]
         return _wide(self.reduce(selected)).mean(-1)
 
     def restrict(self, n_pos: int) -> tuple[list[int], Metric]:
-        """The absolute positions read in an n_pos-token input, and this metric on logits at those only."""
-        positions = list(range(n_pos)) if self.positions is None else [p % n_pos for p in self.positions]
+        """The positions read in an n_pos-token input (checked, non-negative), and this metric on logits at
+        those only."""
+        positions = all_in_range(self.positions, n_pos, "position", f"a prompt of {n_pos} tokens")
         return positions, Metric(self.name, self.reduce, positions=None)
 
     def __repr__(self) -> str:
@@ -106,7 +109,7 @@ def kl_to_clean(clean_logits: torch.Tensor, pos: Positions = -1) -> Metric:
     clean_logits [batch, pos, d_vocab] (or [pos, d_vocab])."""
     clean_logits = clean_logits[None] if clean_logits.dim() == 2 else clean_logits
     n_pos = clean_logits.shape[1]
-    positions = list(range(n_pos)) if pos is None else [p % n_pos for p in ([pos] if isinstance(pos, int) else pos)]
+    positions = all_in_range([pos] if isinstance(pos, int) else pos, n_pos, "position", f"a prompt of {n_pos} tokens")
     clean_logprobs = _wide(clean_logits[:, positions]).log_softmax(-1)  # [batch, k, d_vocab]
 
     def reduce(logits):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lens.analysis.common import prompt_text, str_tokens
+from lens.analysis.common import all_in_range, prompt_text, str_tokens
 from lens.hooks import act_name
 from lens.patching.components import Component, parse
 from lens.patching.engine import Edit, run_patches, scalar
@@ -97,7 +97,7 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
         axes, coords = ([], []) if together else (["component"], [list(range(len(listed)))])
         names = None if together else [s.name for s in listed]
 
-    fixed = {} if positions is None else {"pos": [p % n_pos for p in positions]}
+    fixed = {} if positions is None else {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")}
     receiver_mlps = {r.layer for r in receivers if r.kind == "mlp"}
     sender_hooks = sorted({_output_hook(s) for group in sender_sets for s in group})
     frozen = [act_name("z", l) for l in range(cfg.n_layers)]

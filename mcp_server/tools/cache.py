@@ -150,9 +150,7 @@ def get_activation(
     stored = state.cache(cache)
     with state.using(stored.model_handle) as entry:
         n_layers = entry.model.cfg.n_layers
-        if layer is not None and not -n_layers <= layer < n_layers:
-            raise ToolError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
-        name = resolve_key(hook if layer is None else (hook, layer), n_layers)
+        name = resolve_key(hook if layer is None else (hook, checks.layer(entry.model, layer)), n_layers)
         if name not in stored.cache.cache_dict:
             if name not in entry.model.hook_dict:
                 raise unknown_hook(name, entry.model.hook_dict)
