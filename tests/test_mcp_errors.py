@@ -3,13 +3,19 @@
 import logging
 
 import pytest
-from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, refused, run, tiny_model
+from test_mcp_support import (
+    IOI,
+    IOI_CLEAN,
+    ok,
+    refused,
+    run,
+    tiny_model,
+    tiny_server,
+)
 
 from mcp_server import Settings, create_server
 from mcp_server.activations import estimate_bytes
 from mcp_server.state import model_bytes
-
-IOI = {"clean": IOI_CLEAN, "corrupted": IOI_CORRUPTED, "answer": " Mary", "baseline": " John"}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +25,7 @@ def model():
 
 @pytest.fixture
 def server(model, tmp_path):
-    return create_server(Settings(out_dir=tmp_path / "plots", default_model="tiny"), models={"tiny": model})
+    return tiny_server(model, tmp_path)
 
 
 MISTAKES = {

@@ -6,9 +6,14 @@ import random
 
 import anyio
 import pytest
-from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, run, tiny_model
-
-from mcp_server import Settings, create_server
+from test_mcp_support import (
+    IOI_CLEAN,
+    IOI_CORRUPTED,
+    ok,
+    run,
+    tiny_model,
+    tiny_server,
+)
 
 N_CASES = 520
 SECONDS_PER_CALL = 30
@@ -63,7 +68,7 @@ def arguments(tool, rng: random.Random) -> dict:
 
 @pytest.fixture
 def server(tmp_path):
-    return create_server(Settings(out_dir=tmp_path / "plots", default_model="tiny"), models={"tiny": tiny_model(seed=7)})
+    return tiny_server(tiny_model(seed=7), tmp_path)
 
 
 def test_randomised_bad_arguments_get_a_result_or_a_tool_error_and_the_server_survives(server):

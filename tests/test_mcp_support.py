@@ -17,6 +17,7 @@ CORPUS = ["When Mary and John went to the store, John gave a drink to Mary.",
           "The Eiffel Tower is in the city of Paris.", "The cat sat on the mat."] * 20
 IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+IOI = {"clean": IOI_CLEAN, "corrupted": IOI_CORRUPTED, "answer": " Mary", "baseline": " John"}  # patch-tool args
 
 
 @functools.cache
@@ -43,6 +44,12 @@ def tiny_config(**overrides) -> ModelConfig:
 
 def tiny_model(seed: int = 0, **overrides) -> HookedTransformer:
     return HookedTransformer.from_config(tiny_config(**overrides), seed=seed, tokenizer=tiny_tokenizer())
+
+
+def tiny_server(model: HookedTransformer, tmp_path: Path):
+    """A server whose default model is `model`, registered as "tiny", plotting under tmp_path."""
+    from mcp_server import Settings, create_server
+    return create_server(Settings(out_dir=tmp_path / "plots", default_model="tiny"), models={"tiny": model})
 
 
 def save_tiny_folder(folder: Path) -> Path:

@@ -6,7 +6,16 @@ from pathlib import Path
 import anyio
 import pytest
 import torch
-from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, close, ok, run, tiny_model
+from test_mcp_support import (
+    IOI,
+    IOI_CLEAN,
+    IOI_CORRUPTED,
+    close,
+    ok,
+    run,
+    tiny_model,
+    tiny_server,
+)
 
 from lens import patching
 from lens.analysis import (
@@ -24,7 +33,6 @@ TOOLS = {"list_models", "load_model", "model_info", "tokenize", "release", "run_
          "logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
          "attribution_patch", "path_patch", "ablate", "steer", "generate"}
 READ_ONLY = {"list_models", "model_info", "tokenize", "get_activation", "generate"}
-IOI = {"clean": IOI_CLEAN, "corrupted": IOI_CORRUPTED, "answer": " Mary", "baseline": " John"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,7 @@ def model():
 
 @pytest.fixture
 def server(model, tmp_path):
-    return create_server(Settings(out_dir=tmp_path / "plots", default_model="tiny"), models={"tiny": model})
+    return tiny_server(model, tmp_path)
 
 
 def is_png_in(plot: dict, folder: Path) -> bool:

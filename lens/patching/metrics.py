@@ -44,14 +44,16 @@ class Metric:
         self.positions = [positions] if isinstance(positions, int) else None if positions is None else list(positions)
 
     def __call__(self, logits: Logits) -> torch.Tensor:
-        selected = logits if self.positions is None else logits[..., self.restrict(logits.shape[-2])[0], :]
+        selected = logits if self.positions is None else logits[..., self.read(logits.shape[-2]), :]
         return _wide(self.reduce(selected)).mean(-1)
 
+    def read(self, n_pos: int) -> list[int]:
+        """The positions this metric reads in an n_pos-token input (checked, non-negative)."""
+        return all_in_range(self.positions, n_pos, "position", f"a prompt of {n_pos} tokens")
+
     def restrict(self, n_pos: int) -> tuple[list[int], Metric]:
-        """The positions read in an n_pos-token input (checked, non-negative), and this metric on logits at
-        those only."""
-        positions = all_in_range(self.positions, n_pos, "position", f"a prompt of {n_pos} tokens")
-        return positions, Metric(self.name, self.reduce, positions=None)
+        """The positions read in an n_pos-token input, and this metric on logits at those only."""
+        return self.read(n_pos), Metric(self.name, self.reduce, positions=None)
 
     def __repr__(self) -> str:
         return self.name
