@@ -1,6 +1,6 @@
 # make demo   set up .venv and run the main job on the default model (smollm2-135m)
-# make test   set up .venv and run the test suite (the `compare` extra brings TransformerLens,
-#             which the parity tests compare lens against)
+# make test   set up .venv, lint with ruff and run the test suite (the `compare` extra brings
+#             TransformerLens and SAELens, which the parity tests compare lens against)
 # make bench  set up .venv and print the benchmarks
 # make plugin-check  install Claude Code (npm) into a scratch folder, install this repository as a
 #             plugin there, and show that Claude Code finds the skill and connects to the MCP server
@@ -32,6 +32,7 @@ demo: $(STAMP)
 	$(PY) -m lens demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -50,11 +50,12 @@ def run(shapes=((1, 64), (8, 128)), repeats: int = 7) -> list[dict]:
             tokens = torch.randint(100, model.cfg.d_vocab - 100, (batch, seq), generator=torch.Generator().manual_seed(0))
             with torch.no_grad():  # same weights, same answer: a benchmark of different models would be void
                 diff = (model(tokens).log_softmax(-1) - hf_sdpa(tokens).logits.log_softmax(-1)).abs().max().item()
+            # default arguments bind this iteration's model and tokens into each timed call
             t = compare({
-                "lens": lambda: model(tokens),
-                "hf_sdpa": lambda: hf_sdpa(tokens),
-                "lens_cache": lambda: model.run_with_cache(tokens),
-                "hf_eager": lambda: hf_eager(tokens),
+                "lens": lambda m=model, x=tokens: m(x),
+                "hf_sdpa": lambda m=hf_sdpa, x=tokens: m(x),
+                "lens_cache": lambda m=model, x=tokens: m.run_with_cache(x),
+                "hf_eager": lambda m=hf_eager, x=tokens: m(x),
             }, repeats=repeats)
             rows.append({"model": name, "shape": f"{batch}x{seq}", "max_dlogprob": diff,
                          "lens_ms": 1e3 * t["lens"], "hf_sdpa_ms": 1e3 * t["hf_sdpa"],

@@ -29,7 +29,7 @@ def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, answer: str
         logits, cache = model.run_with_cache(prompt, names_filter=lambda n: n.endswith("hook_resid_post"))
     top = logits[0, -1].softmax(-1).topk(top_k)
     print(f"\ntop {top_k} next tokens:", file=out)
-    for p, i in zip(top.values, top.indices):
+    for p, i in zip(top.values, top.indices, strict=True):
         print(f"  {model.to_string([int(i)])!r:>16}  {p.item():.3f}", file=out)
     lens_result = logit_lens(model, prompt, targets=[answer])
     print("\nlayer  |resid_post| at last pos  logit-lens top token (prob)", file=out)

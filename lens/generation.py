@@ -159,7 +159,7 @@ def _hit_stop_string(model, new_tokens: torch.Tensor, finished: torch.Tensor, st
 
 def _texts(model, tokens: torch.Tensor, valid: torch.Tensor) -> list[str]:
     tokenizer = tok.require_tokenizer(model.tokenizer)
-    return [tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(tokens, valid)]
+    return [tokenizer.decode(row[keep].tolist(), skip_special_tokens=True) for row, keep in zip(tokens, valid, strict=True)]
 
 
 def generate(model, input, max_new_tokens: int = 10, stop_at_eos: bool = True, eos_token_id=None,
@@ -231,7 +231,7 @@ def generate_stream(model, input, max_new_tokens: int = 10, max_tokens_per_yield
             return torch.stack(pending, dim=1)
         new = torch.stack(generated, dim=1)
         texts = _texts(model, new, _before_stop(new, stopping))
-        pieces, sent = [text[len(old):] for text, old in zip(texts, sent)], texts
+        pieces, sent = [text[len(old):] for text, old in zip(texts, sent, strict=True)], texts
         return pieces[0] if isinstance(input, str) else pieces
 
     with model.hooks(fwd_hooks):

@@ -70,7 +70,7 @@ def plot_dla(result, path) -> str:
         return heatmap(grid, [str(i) for i in range(grid.shape[0])], [str(h) for h in range(grid.shape[1])], title,
                        "contribution (logits)", path, xlabel="head", ylabel="layer")
     labels, values = (result.layer_labels, result.layer_values) if result.layer_values else \
-        map(list, zip(*result.contributions))
+        map(list, zip(*result.contributions, strict=True))
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     colors = ["#b2182b" if v > 0 else "#2166ac" for v in values]
     ax.bar(range(len(values)), values, color=colors)
@@ -110,7 +110,7 @@ def plot_attention(result, path) -> str:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows), layout="constrained", squeeze=False)
     tokens = [repr(t)[1:-1][:12] for t in result.str_tokens]
-    for ax, head in zip(axes.flat, result.heads):
+    for ax, head in zip(axes.flat, result.heads, strict=True):
         image = ax.imshow(np.asarray(head.pattern), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"L{head.layer}H{head.head}", fontsize=10)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)

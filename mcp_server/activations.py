@@ -87,7 +87,7 @@ def index_slice(name: str, shape: tuple[int, ...], pos: int | None, head: int | 
         if not -shape[i] <= value < shape[i]:
             raise ToolError(f"{what} {value} is out of range for {name}: 0..{shape[i] - 1} ({axes[i]} axis)")
         index[i] = value % shape[i]
-    left = [axis for axis, ix in zip(axes, index) if isinstance(ix, slice)]
+    left = [axis for axis, ix in zip(axes, index, strict=True) if isinstance(ix, slice)]
     return tuple(index), left
 
 

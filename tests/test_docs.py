@@ -27,7 +27,7 @@ def test_readme_python_blocks_print_what_their_comments_say(block, tmp_path, mon
         exec(compile(code, str(README), "exec"), {})
     printed = out.getvalue().splitlines()
     assert len(printed) == len(expected)
-    for got, want in zip(printed, expected):
+    for got, want in zip(printed, expected, strict=True):
         assert got.startswith(want.removesuffix("...")) if want.endswith("...") else got == want, (got, want)
 
 

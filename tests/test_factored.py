@@ -42,7 +42,7 @@ def test_product_transpose_and_shape_equal_the_dense_ones(fm):
 
 def test_reverse_product_is_defined_only_for_square_products(fm):
     with pytest.raises(ValueError, match="ldim == rdim"):
-        fm.BA
+        _ = fm.BA
     square = FactoredMatrix(randn(10, 4), randn(4, 10))
     assert_close(square.BA, square.B @ square.A, 1e-12, "BA")
 

@@ -168,7 +168,7 @@ def test_rows_stop_at_eos_and_are_filled_with_it():
     eos = int(greedy[0, 6])  # the third token row 0 generates becomes "EOS"
     out = model.generate(prompt, max_new_tokens=8, do_sample=False, verbose=False, eos_token_id=eos)
     first_eos = [int((row[4:] == eos).nonzero()[0]) if (row[4:] == eos).any() else None for row in greedy]
-    for row, stop in zip(range(2), first_eos):
+    for row, stop in zip(range(2), first_eos, strict=True):
         if stop is not None:
             assert torch.equal(out[row, 4:4 + stop + 1], greedy[row, 4:4 + stop + 1])
             assert (out[row, 4 + stop:] == eos).all()

@@ -46,14 +46,14 @@ def test_the_ioi_workflow_through_the_tools_equals_the_direct_lens_calls(smollm2
     expected = direct_logit_attribution(smollm2, CLEAN, " Mary", " John", by="head", top_k=10)
     assert close(dla["total"], expected.total), (dla["total"], expected.total)
     assert [c["component"] for c in dla["contributions"]] == [c for c, _ in expected.contributions]
-    assert all(close(c["value"], v) for c, (_, v) in zip(dla["contributions"], expected.contributions))
+    assert all(close(c["value"], v) for c, (_, v) in zip(dla["contributions"], expected.contributions, strict=True))
 
     metric = patching.logit_diff(smollm2, " Mary", " John")
     patched = steps["patch"]
     expected = patching.patch(smollm2, CLEAN, CORRUPTED, metric, what="heads", progress=False)
     assert close(patched["clean_value"], expected.clean_value) and close(patched["corrupted_value"], expected.corrupted_value)
     assert [h["label"] for h in patched["hotspots"]] == [h.label for h in expected.top]
-    assert all(close(h["normalised"], e.normalised, rel=1e-3) for h, e in zip(patched["hotspots"], expected.top))
+    assert all(close(h["normalised"], e.normalised, rel=1e-3) for h, e in zip(patched["hotspots"], expected.top, strict=True))
     assert patched["clean_value"] > 0 > patched["corrupted_value"], "the names swap the prediction"
 
     name_movers = [h.label for h in expected.top[:3]]
@@ -61,4 +61,4 @@ def test_the_ioi_workflow_through_the_tools_equals_the_direct_lens_calls(smollm2
     expected = patching.ablate(smollm2, CLEAN, metric, components=name_movers, progress=False)
     assert close(ablated["unablated_value"], expected.baseline)
     assert [h["label"] for h in ablated["hotspots"]] == [h.label for h in expected.top]
-    assert all(close(h["score"], e.score) for h, e in zip(ablated["hotspots"], expected.top))
+    assert all(close(h["score"], e.score) for h, e in zip(ablated["hotspots"], expected.top, strict=True))

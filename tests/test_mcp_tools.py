@@ -114,7 +114,7 @@ def test_run_with_cache_keeps_activations_that_get_activation_reads(server, mode
     assert [t["id"] for t in summary["top_next"]] == probs.topk(3).indices.tolist()
     assert close(summary["top_next"][0]["prob"], probs.max().item())
     norms = [cache["resid_post", i][0, -1].norm().item() for i in range(model.cfg.n_layers)]
-    assert all(close(a, b) for a, b in zip(summary["resid_norms"], norms)), (summary["resid_norms"], norms)
+    assert all(close(a, b) for a, b in zip(summary["resid_norms"], norms, strict=True)), (summary["resid_norms"], norms)
     assert summary["n_activations"] == len(cache) and close(summary["size_mib"], cache.nbytes / 2**20)
     expected = cache["z", 1][0, -1]  # [head, d_head]
     assert z["shape"] == list(cache["z", 1].shape) and z["axes"] == ["head", "d_head"]
@@ -136,7 +136,7 @@ def test_logit_attribution_matches_direct_logit_attribution_and_writes_a_heatmap
     expected = direct_logit_attribution(model, IOI_CLEAN, " Mary", " John", by="head", top_k=5)
     assert close(result["total"], expected.total) and close(result["rest"], expected.rest)
     assert [c["component"] for c in result["contributions"]] == [c for c, _ in expected.contributions]
-    assert all(close(c["value"], v) for c, (_, v) in zip(result["contributions"], expected.contributions))
+    assert all(close(c["value"], v) for c, (_, v) in zip(result["contributions"], expected.contributions, strict=True))
     assert is_png_in(result["plot"], tmp_path / "plots")
     assert png.contents[0].mime_type == "image/png" and len(png.contents[0].blob) > 1000
 
@@ -146,7 +146,7 @@ def test_logit_lens_matches_lens(server, model):
                                                        "plot": False}))
     expected = logit_lens(model, IOI_CLEAN, targets=[" Mary"], top_k=2)
     assert [layer["layer"] for layer in result["layers"]] == ["embed", "L0", "L1", "L2"]
-    for got, want in zip(result["layers"], expected.layers):
+    for got, want in zip(result["layers"], expected.layers, strict=True):
         assert got["top"] == [t for t, _ in want.top] and got["target_ranks"] == [want.targets[0].rank]
         assert close(got["target_probs"][0], want.targets[0].prob)
     assert result["plot"] is None
@@ -155,9 +155,9 @@ def test_logit_lens_matches_lens(server, model):
 def test_attention_pattern_reports_where_each_query_attends_most(server, model):
     result = run(server, lambda c: ok(c, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2", "l0h3"]}))
     expected = attention_patterns(model, IOI_CLEAN, [(1, 2), (0, 3)])
-    for got, want in zip(result["heads"], expected.heads):
+    for got, want in zip(result["heads"], expected.heads, strict=True):
         assert got["attends_to"] == [k for _, k, _ in want.strongest]
-        assert all(close(a, w) for a, (_, _, w) in zip(got["weights"], want.strongest))
+        assert all(close(a, w) for a, (_, _, w) in zip(got["weights"], want.strongest, strict=True))
     assert [h["head"] for h in result["heads"]] == ["L1H2", "L0H3"] and result["plot"]["path"].endswith(".png")
 
 
@@ -195,7 +195,7 @@ def test_patch_matches_lens_and_reports_progress(server, model):
     expected = patching.patch(model, IOI_CLEAN, IOI_CORRUPTED, metric, what="resid_pre", top_k=4, progress=False)
     assert close(result["clean_value"], expected.clean_value) and close(result["corrupted_value"], expected.corrupted_value)
     assert [h["label"] for h in result["hotspots"]] == [h.label for h in expected.top]
-    assert all(close(h["normalised"], e.normalised) for h, e in zip(result["hotspots"], expected.top))
+    assert all(close(h["normalised"], e.normalised) for h, e in zip(result["hotspots"], expected.top, strict=True))
     assert result["shape"] == [model.cfg.n_layers, len(model.to_str_tokens(IOI_CLEAN))]
     assert "restores" in result["interpretation"] and result["plot"]["path"].endswith(".png")
     assert progress and progress[-1][0] == progress[-1][1], progress
@@ -215,9 +215,9 @@ def test_attribution_path_patching_and_ablation_match_lens(server, model):
     metric = patching.logit_diff(model, " Mary", " John")
     want = patching.attribution_patch(model, IOI_CLEAN, IOI_CORRUPTED, metric, what="heads")
     assert [h["label"] for h in attribution["hotspots"]] == [h.label for h in want.top]
-    assert all(close(h["score"], e.score) for h, e in zip(attribution["hotspots"], want.top))
+    assert all(close(h["score"], e.score) for h, e in zip(attribution["hotspots"], want.top, strict=True))
     want = patching.path_patch(model, IOI_CLEAN, IOI_CORRUPTED, metric, ["L2H1.q"], top_k=3, progress=False)
-    assert all(close(h["score"], e.score) for h, e in zip(path["hotspots"], want.top))
+    assert all(close(h["score"], e.score) for h, e in zip(path["hotspots"], want.top, strict=True))
     want = patching.ablate(model, IOI_CLEAN, metric, what="heads", top_k=3, progress=False)
     assert [h["label"] for h in ablation["hotspots"]] == [h.label for h in want.top]
     assert close(ablation["unablated_value"], want.baseline) and ablation["plot"] is not None
@@ -288,7 +288,7 @@ def test_calls_on_one_model_run_one_at_a_time(server, model):
 
     async def scenario(client):
         async with anyio.create_task_group() as group:
-            for i in range(6):
+            for _ in range(6):
                 group.start_soon(ok, client, "logit_lens", {"prompt": IOI_CLEAN, "plot": False})
                 group.start_soon(ok, client, "generate", {"prompt": IOI_CLEAN, "max_new_tokens": 3})
     try:

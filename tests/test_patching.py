@@ -36,7 +36,7 @@ def tl_metric(logits):  # TransformerLens style: logits [batch, pos, d_vocab] â†
 
 # The naive reference: what each index means, written out per activation layout.
 def write(activation, clean, axes, index):
-    at = dict(zip(axes, index))
+    at = dict(zip(axes, index, strict=True))
     if "src_pos" in at:  # pattern [batch, head, dest, src]
         activation[:, at["head_index"], at["dest_pos"], at["src_pos"]] = \
             clean[:, at["head_index"], at["dest_pos"], at["src_pos"]]

@@ -59,7 +59,7 @@ def test_python_blocks_run_in_order_and_print_what_their_comments_say(path, tmp_
         printed, expected = out.getvalue().splitlines(), expected_output(block)
         where = f"{path.name}, block at line {block.line}"
         assert len(printed) == len(expected), f"{where}: printed {printed}, the comments expect {expected}"
-        for got, want in zip(printed, expected):
+        for got, want in zip(printed, expected, strict=True):
             assert print_matches(got, want), f"{where}: printed {got!r}, the comment says {want!r}"
     from lens import HookedTransformer
     for name, value in namespace.items():

@@ -156,7 +156,7 @@ def examples() -> list[tuple[str, dict, object]]:
         if level != 3:
             continue
         json_blocks = [json.loads(b.code) for b in blocks(section(TOOLS_DOC.read_text(), title), "json")]
-        for call, result in zip(json_blocks[::2], json_blocks[1::2]):
+        for call, result in zip(json_blocks[::2], json_blocks[1::2], strict=True):
             assert call["tool"] == title, f"the example under {title} calls {call['tool']}"
             found.append((title, call["arguments"], result))
     return found
@@ -204,10 +204,10 @@ def reabridge(documented, live):
             cut = documented.index("...")
             head, tail = documented[:cut], documented[cut + 1:]
             tail_live = live[len(live) - len(tail):] if tail else []
-            return ([reabridge(d, l) for d, l in zip(head, live)] + ["..."]
-                    + [reabridge(d, l) for d, l in zip(tail, tail_live)])
+            return ([reabridge(d, l) for d, l in zip(head, live, strict=True)] + ["..."]
+                    + [reabridge(d, l) for d, l in zip(tail, tail_live, strict=True)])
         if len(documented) == len(live):
-            return [reabridge(d, l) for d, l in zip(documented, live)]
+            return [reabridge(d, l) for d, l in zip(documented, live, strict=True)]
         return live
     if isinstance(documented, str) and isinstance(live, str) and documented.endswith("..."):
         return live[:len(documented) - 3] + "..."
@@ -232,7 +232,7 @@ def regenerate() -> None:
         return [(await client.call_tool(tool, arguments)) for tool, arguments, _ in examples()]
 
     text = TOOLS_DOC.read_text()
-    for (tool, _, documented), result in zip(examples(), run(server, scenario)):
+    for (tool, _, documented), result in zip(examples(), run(server, scenario), strict=True):
         if result.is_error:
             raise SystemExit(f"{tool}: the example fails: {result.content[0].text}")
         old = [b.code for b in blocks(section(text, tool), "json")][1]

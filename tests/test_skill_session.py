@@ -93,7 +93,7 @@ def test_an_agent_following_the_ioi_workflow_finds_what_each_next_step_needs(tmp
         clean = args["prompt"]
         corrupted = calls[1].arguments["corrupted"]
         assert clean != corrupted
-        changed = [i for i, (a, b) in enumerate(zip(clean.split(), corrupted.split())) if a != b]
+        changed = [i for i, (a, b) in enumerate(zip(clean.split(), corrupted.split(), strict=True)) if a != b]
         assert tokens[key].strip() == clean.split()[changed[0]], (
             f"{head} attends to {tokens[key]!r}; the workflow says it reads the repeated name")
 

@@ -238,7 +238,7 @@ def _text_fits(documented: str, live: str) -> bool:
     doc_parts, live_parts = _NUMBER.split(documented), _NUMBER.split(live)
     if len(doc_parts) != len(live_parts):
         return False
-    for i, (d, l) in enumerate(zip(doc_parts, live_parts)):
+    for i, (d, l) in enumerate(zip(doc_parts, live_parts, strict=True)):
         if i % 2 == 0:
             if d != l:
                 return False
@@ -273,11 +273,11 @@ def fits(documented, live, where: str = "result") -> list[str]:
             head, tail = documented[:cut], documented[cut + 1:]
             if len(live) < len(head) + len(tail):
                 return [f"{where}: documented at least {len(head) + len(tail)} items, got {len(live)}"]
-            pairs = list(zip(head, live)) + list(zip(tail, live[len(live) - len(tail):]))
+            pairs = list(zip(head, live, strict=True)) + list(zip(tail, live[len(live) - len(tail):], strict=True))
         elif len(documented) != len(live):
             return [f"{where}: documented {len(documented)} items, got {len(live)}: {live!r}"[:300]]
         else:
-            pairs = list(zip(documented, live))
+            pairs = list(zip(documented, live, strict=True))
         return [p for i, (d, l) in enumerate(pairs) for p in fits(d, l, f"{where}[{i}]")]
     if isinstance(documented, str):
         if not isinstance(live, str):

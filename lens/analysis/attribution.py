@@ -70,7 +70,7 @@ def direct_logit_attribution(model, prompt, answer, baseline=None, by: By = "lay
     labels = [_rename(label) for label in labels]
     if by == "layer":  # embeddings together, then each layer's attn + mlp
         grouped: dict[str, float] = {}
-        for label, value in zip(labels, values.tolist()):
+        for label, value in zip(labels, values.tolist(), strict=True):
             key = label.split(" ")[0] if label.startswith("L") else "embed"
             grouped[key] = grouped.get(key, 0.0) + value
         labels, values = list(grouped), torch.tensor(list(grouped.values()))
@@ -89,7 +89,7 @@ def direct_logit_attribution(model, prompt, answer, baseline=None, by: By = "lay
     grid = None
     if by == "head":
         H = model.cfg.n_heads
-        head_values = dict(zip(labels, values.tolist()))
+        head_values = dict(zip(labels, values.tolist(), strict=True))
         grid = [[head_values[f"L{l}H{h}"] for h in range(H)] for l in range(model.cfg.n_layers)]
     ordered = by in ("layer", "component")
     text = prompt_text(model, prompt, tokens)

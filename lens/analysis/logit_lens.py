@@ -61,6 +61,6 @@ def logit_lens(model, prompt, targets=None, pos: int = -1, top_k: int = 5) -> Lo
         readings = [TargetReading(token=token_str(model, t), prob=probs[i, t].item(),
                                   rank=int((probs[i] > probs[i, t]).sum())) for t in target_ids]
         layers.append(LayerReading(label=label, targets=readings, top=[
-            (token_str(model, int(t)), p.item()) for p, t in zip(top.values[i], top.indices[i])]))
+            (token_str(model, int(t)), p.item()) for p, t in zip(top.values[i], top.indices[i], strict=True)]))
     text = prompt_text(model, prompt, tokens)
     return LogitLensResult(prompt=text, position=position, str_tokens=str_tokens(model, tokens), layers=layers)

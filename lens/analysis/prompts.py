@@ -32,7 +32,7 @@ def test_prompt(model, prompt: str, answer, top_k: int = 10) -> PromptTest:
     top = probs.topk(top_k)
     return PromptTest(prompt=prompt, answer=token_str(model, answer_id), rank=int((logits > logits[answer_id]).sum()),
                       logit=logits[answer_id].item(), prob=probs[answer_id].item(),
-                      top=[(token_str(model, int(i)), logits[i].item(), p.item()) for p, i in zip(top.values, top.indices)])
+                      top=[(token_str(model, int(i)), logits[i].item(), p.item()) for p, i in zip(top.values, top.indices, strict=True)])
 
 
 test_prompt.__test__ = False  # a library function, not a pytest test
@@ -74,6 +74,6 @@ def attention_patterns(model, prompt, heads: list[tuple[int, int]]) -> Attention
         pattern = cache["pattern", layer][0, head].float()  # [q, k]
         weight, key = pattern.max(-1)
         out.append(HeadPattern(layer=layer, head=head, pattern=pattern.tolist(),
-                               strongest=[(q, int(k), w.item()) for q, (w, k) in enumerate(zip(weight, key))]))
+                               strongest=[(q, int(k), w.item()) for q, (w, k) in enumerate(zip(weight, key, strict=True))]))
     text = prompt_text(model, prompt, tokens)
     return AttentionPatterns(prompt=text, str_tokens=str_tokens(model, tokens), heads=out)

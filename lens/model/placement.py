@@ -75,7 +75,7 @@ def dispatch(model, device_map: dict | str | None = None, n_devices: int | None 
             raise ValueError("pass device_map or n_devices, not both")
         device_map = even_map(model.cfg.n_layers, cuda_devices(n_devices))
     parts = model.weights.split_layers()
-    for block, part in zip(model.blocks, parts):
+    for block, part in zip(model.blocks, parts, strict=True):
         block.add_module("layer_weights", part)
         for component in block.modules():
             if hasattr(component, "adopt"):
@@ -93,7 +93,7 @@ def dispatch(model, device_map: dict | str | None = None, n_devices: int | None 
     # A block reads its weights as tensors, not by calling submodules: preload them all at its forward.
     dispatch_model(model, device_map=device_map, main_device=main, offload_dir=offload_folder,
                    preload_module_classes=["Block"])
-    for block, part in zip(model.blocks, parts):
+    for block, part in zip(model.blocks, parts, strict=True):
         hook = getattr(block, "_hf_hook", None)
         if getattr(hook, "offload", False):  # let model.W_Q & co. read an offloaded block's weights
             part.__dict__["offload_store"] = (hook.weights_map, "layer_weights.")

@@ -46,7 +46,7 @@ def slot_setter(axes_of_activation: Sequence[str], index_axes: Sequence[str]) ->
     index_axes = [AXIS_ALIASES.get(a, a) for a in index_axes]
 
     def setter(corrupted_activation, index, clean_activation):
-        where = slot(axes_of_activation, dict(zip(index_axes, index[1:])))
+        where = slot(axes_of_activation, dict(zip(index_axes, index[1:], strict=True)))
         corrupted_activation[where] = clean_activation[where]
         return corrupted_activation
     setter.positionwise = True  # lets the engine skip positions it leaves unchanged
@@ -222,7 +222,7 @@ def patch(model, clean, corrupted, metric, what: What = "resid_pre", positions: 
     patches = []
     for index in rows:
         hook = act_name(spec.hook, index[0])
-        where = slot(layout(spec.hook), {**fixed, **dict(zip(spec.axes, index[1:]))})
+        where = slot(layout(spec.hook), {**fixed, **dict(zip(spec.axes, index[1:], strict=True))})
         patches.append([Edit(hook, write_slot(clean_cache[hook], where))])
     sweep = run_patches(model, corrupted_tokens, metric, patches, attention_mask=mask, vectorised=vectorised_metric,
                         batch_size=batch_size, memory_budget=memory_budget, progress=progress,

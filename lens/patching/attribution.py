@@ -46,11 +46,11 @@ def attribution_patch(model, clean, corrupted, metric, what: What = "resid_pre",
     activation_axes = layout(spec.hook)
     with torch.no_grad():
         delta = {}
-        for hook, grad in zip(hooks, grads):
+        for hook, grad in zip(hooks, grads, strict=True):
             grad = torch.zeros_like(corrupted_acts[hook]) if grad is None else grad
             delta[hook] = (clean_cache[hook] - corrupted_acts[hook].detach()).double() * grad.double()
         for i, index in enumerate(rows):
-            where = slot(activation_axes, {**fixed, **dict(zip(spec.axes, index[1:]))})
+            where = slot(activation_axes, {**fixed, **dict(zip(spec.axes, index[1:], strict=True))})
             estimates[i] = delta[act_name(spec.hook, index[0])][where].sum()
     scores = corrupted_value + estimates.view([len(c) for c in coords])
     return patch_result("attribution patching (first-order estimate)", what, metric_name(metric),

@@ -188,7 +188,7 @@ def _plans(patches: Sequence[Patch], starts: list[int], base: dict, n_pos: int, 
     positions from the first it changes; patches of neighbouring start layers share a run from the lowest
     of them when the larger batches save more per-block overhead than the extra layers cost."""
     by_start: dict[int, list[tuple[int, int]]] = {}
-    for i, (patch, start) in enumerate(zip(patches, starts)):
+    for i, (patch, start) in enumerate(zip(patches, starts, strict=True)):
         first = _first_change(patch, base, n_pos)
         if first < n_pos:
             by_start.setdefault(start, []).append((i, first if by_position_ok else 0))

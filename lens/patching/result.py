@@ -53,7 +53,7 @@ class GridResult(Result):
         """A heatmap (layer × position, layer × head, (layer, head) × position, or one row); returns the path."""
         from lens import plots
         values, colorbar = self._values_to_plot()
-        labels = [axis_labels(a, c, self.str_tokens, self.names) for a, c in zip(self.axes, self.coords)]
+        labels = [axis_labels(a, c, self.str_tokens, self.names) for a, c in zip(self.axes, self.coords, strict=True)]
         if self.axes == ["layer", "pos"]:
             tokens = [self.str_tokens[p] for p in self.coords[1]]
             return plots.plot_layer_position(values.tolist(), tokens, self._title(), colorbar, path)
@@ -126,7 +126,7 @@ class AblationResult(GridResult):
 
 
 def _shape(axes: Sequence[str], coords: Sequence[Sequence[int]]) -> str:
-    return " × ".join(f"{len(c)} {AXIS_PLURAL.get(a, a + 's')}" for a, c in zip(axes, coords))
+    return " × ".join(f"{len(c)} {AXIS_PLURAL.get(a, a + 's')}" for a, c in zip(axes, coords, strict=True))
 
 
 def axis_labels(axis: str, coords: Sequence[int], str_tokens: Sequence[str],
@@ -141,7 +141,7 @@ def axis_labels(axis: str, coords: Sequence[int], str_tokens: Sequence[str],
 def hotspot_label(axes: Sequence[str], index: Sequence[int], str_tokens: Sequence[str],
                   names: Sequence[str] | None = None) -> str:
     """"L9H6", "L4 @13 ' to'", "L3H2 @5 ' Mary'": the component first, then the position."""
-    parts = {axis: value for axis, value in zip(axes, index)}
+    parts = {axis: value for axis, value in zip(axes, index, strict=True)}
     if "component" in parts and names is not None:
         return names[parts["component"]]
     name = "".join(f"{AXIS_PREFIX.get(axis, axis)}{parts[axis]}" for axis in axes if axis not in ("pos", "src_pos"))

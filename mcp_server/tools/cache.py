@@ -95,7 +95,7 @@ def run_with_cache(
         probs = last.softmax(-1)
         top = probs.topk(min(top_k, probs.shape[0]))
         top_next = [TokenProb(token=m.to_string([int(i)]), id=int(i), prob=float(p), logit=float(last[i]))
-                    for p, i in zip(top.values, top.indices)]
+                    for p, i in zip(top.values, top.indices, strict=True)]
     first = top_next[0]
     return CacheSummary(
         model=entry.handle, cache=stored.handle, tokens=token_window(str_tokens, detail), top_next=top_next,

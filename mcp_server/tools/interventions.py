@@ -98,7 +98,7 @@ def _hotspots(result: GridResult) -> list[Hotspot]:
 def _where(result: GridResult, index: list[int]) -> str:
     """'layer 12, position 10 (' Mary')' for a hotspot's coordinates."""
     parts = []
-    for axis, value in zip(result.axes, index):
+    for axis, value in zip(result.axes, index, strict=True):
         if axis == "pos":
             parts.append(f"position {value} ({result.str_tokens[value]!r})")
         elif axis == "component":
