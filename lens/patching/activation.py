@@ -19,10 +19,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from lens.analysis.common import all_in_range, prompt_text, str_tokens
+from lens.analysis.common import all_in_range, str_tokens
 from lens.hooks import act_name
 from lens.patching.engine import Edit, run_patches, scalar
-from lens.patching.inputs import check_length, pair_tokens
+from lens.patching.inputs import check_length, pair_or_set, sweep_scores
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
 from lens.patching.slots import (
@@ -232,21 +232,7 @@ class CleanSide(NamedTuple):
 def clean_side(model, clean, corrupted, metric, what: str, positions, layers) -> CleanSide:
     """Tokenise the pair (or take a prompt set's batches and row metric), lay out the sweep, and cache the
     swept hook on the clean prompt."""
-    from lens.data.metrics import as_row_metric
-    from lens.data.prompt_set import PromptSet
-    ps = clean if isinstance(clean, PromptSet) else None
-    if ps is not None:
-        if ps.corruption == "noise":
-            raise ValueError("this set corrupts by noise; patch needs corrupted prompts (use "
-                             "lens.data.causal_trace for noise)")
-        clean_tokens, corrupted_tokens, mask = ps.clean_tokens, ps.corrupted_tokens, None  # padding on the right
-        metric = as_row_metric(ps, metric)
-        texts = (f"{ps.rows[0].clean} (+{len(ps) - 1} more)", f"{ps.rows[0].corrupted} (+{len(ps) - 1} more)")
-    else:
-        if corrupted is None or metric is None:
-            raise ValueError("give clean and corrupted prompts and a metric, or a lens.data.PromptSet as clean")
-        clean_tokens, corrupted_tokens, mask = pair_tokens(model, clean, corrupted)
-        texts = (prompt_text(model, clean, clean_tokens[:1]), prompt_text(model, corrupted, corrupted_tokens[:1]))
+    clean_tokens, corrupted_tokens, mask, metric, ps, texts = pair_or_set(model, clean, corrupted, metric)
     clean_tokens, corrupted_tokens = clean_tokens.to(model.device), corrupted_tokens.to(model.device)
     spec, axes, coords, rows, fixed, masks = sweep_grid(model, what, corrupted_tokens.shape[1], layers, positions, ps)
     tokens = str_tokens(model, corrupted_tokens[:1])
@@ -287,9 +273,7 @@ def patch(model, clean, corrupted=None, metric=None, what: What = "resid_pre", p
     sweep = run_patches(model, side.corrupted_tokens, side.metric, patches, attention_mask=side.mask,
                         vectorised=vectorised_metric, batch_size=batch_size, memory_budget=memory_budget,
                         progress=progress, desc=f"patching {what}")
-    shape = [len(c) for c in side.coords]
-    values = sweep.values if sweep.base_rows is None else sweep.values.T  # [n_rows, n_patches] over a set
-    scores = values.reshape([*values.shape[:-1], *shape]) if sweep.base_rows is not None else values.view(shape)
+    scores = sweep_scores(sweep.values, [len(c) for c in side.coords])
     corrupted_value = sweep.base_value if sweep.base_rows is None else sweep.base_rows
     return patch_result("activation patching", what, metric_name(side.metric), *side.texts, scores,
                         side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,

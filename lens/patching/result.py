@@ -130,7 +130,9 @@ class AblationResult(GridResult):
 
     def summary(self) -> str:
         shape = _shape(self.axes, self.coords) or "together"
-        lines = [f"{self.method} ablation of {self.what} ({shape}) on {self.metric}: unablated {self.baseline:+.4f}",
+        rows = f" over {self.n_rows} prompts (means)" if self.n_rows > 1 else ""
+        lines = [f"{self.method} ablation of {self.what} ({shape}) on {self.metric}{rows}: unablated "
+                 f"{self.baseline:+.4f}",
                  "  largest changes:"]
         lines += ["  " + h.summary() for h in self.top]
         return "\n".join(lines)
