@@ -17,6 +17,8 @@ The pieces:
   agreement sets, valid for the model's tokenizer, each citing its source.
 - row_metric (metrics.py): the metric of each row at its own position ("logit_diff", "logit", "prob",
   "logprob"); what the analyses use over a set.
+- causal_trace (tracing.py): Meng et al.'s causal tracing, noise on the subject's embeddings, clean states
+  restored per layer × position (residual, or windows of attention / MLP outputs).
 - Spread / GridSpread (stats.py): mean, standard deviation, 95% interval of the mean, sign agreement,
   per-row values on request.
 
@@ -31,6 +33,7 @@ from lens.data.generators import SOURCES, make_dataset
 from lens.data.metrics import RowMetric, row_metric
 from lens.data.prompt_set import FilterReport, PromptSet, Row
 from lens.data.stats import GridSpread, Spread, grid_spread, spread
+from lens.data.tracing import causal_trace
 
 __all__ = ["PromptSet", "Row", "FilterReport", "make_dataset", "SOURCES", "Spread", "GridSpread", "spread",
-           "grid_spread", "RowMetric", "row_metric"]
+           "grid_spread", "RowMetric", "row_metric", "causal_trace"]

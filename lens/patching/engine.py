@@ -144,7 +144,7 @@ def _chunk_hooks(model, patches: Sequence[Patch], shared: Sequence[Edit], captur
             # An activation can share storage with the residual stream, so edits work on a copy.
             activation = torch.cat([prefix, activation], dim=axis) if suffix else activation.clone()
             for i, fn in fns:
-                for copy in range(n) if i is None else (i,):
+                for copy in range(max(n, 1)) if i is None else (i,):  # n = 0: the base run, one copy
                     rows = slice(copy * batch, (copy + 1) * batch)
                     activation[rows] = fn(activation[rows])
             if name in capture:
