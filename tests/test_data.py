@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_VARIANTS, max_diff
 
 from lens import HookedTransformer, act_name
-from lens.analysis import direct_logit_attribution, steer
+from lens.analysis import attention_patterns, direct_logit_attribution, logit_lens, steer
 from lens.data import PromptSet, causal_trace, make_dataset, row_metric, spread
 from lens.data.stats import t_975
 from lens.data.tracing import trace_noise, window_layers
@@ -285,3 +285,20 @@ def test_one_steer_call_equals_a_call_per_setting():
         assert alone.text == g.text and abs(alone.logit_shifts["<7>"] - g.logit_shifts["<7>"]) < 1e-5
     plain = model.generate(prompt, max_new_tokens=6, do_sample=False, verbose=False)
     assert both.generations[0].text == str(plain[0, 5:].tolist())
+
+
+def test_set_logit_lens_and_attention_equal_single_prompt_readings():
+    model = tiny("gemma_like")
+    ps = tiny_set(model)
+    lens_result = logit_lens(model, ps)
+    attention = attention_patterns(model, ps, [(1, 2), (2, 0)])
+    # the means are the means of the single-prompt figures
+    singles = [logit_lens(model, torch.tensor([c]), targets=[a]) for c, a in zip(CLEAN, ANSWERS, strict=True)]
+    for j, layer in enumerate(lens_result.layers):
+        expected = sum(s.layers[j].targets[0].prob for s in singles) / len(singles)
+        assert abs(layer.answer_prob.mean - expected) < 1e-6
+        assert layer.answer_top == sum(s.layers[j].targets[0].rank == 0 for s in singles)
+    rows = [attention_patterns(model, torch.tensor([c]), [(1, 2), (2, 0)]) for c in CLEAN]
+    for h, head in enumerate(attention.heads):  # the key X is token 2 of every row
+        expected = sum(r.heads[h].pattern[-1][2] for r in rows) / len(rows)
+        assert abs(head.to["X"].mean - expected) < 1e-6 and head.to["X"].n == len(rows)

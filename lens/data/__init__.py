@@ -19,6 +19,8 @@ The pieces:
   "logprob"); what the analyses use over a set.
 - causal_trace (tracing.py): Meng et al.'s causal tracing, noise on the subject's embeddings, clean states
   restored per layer × position (residual, or windows of attention / MLP outputs).
+- set_logit_lens / set_attention (reading.py): the logit lens at each row's END (answer probability,
+  top-1 count, logit difference per layer) and what chosen heads attend to from END, by named position.
 - Spread / GridSpread (stats.py): mean, standard deviation, 95% interval of the mean, sign agreement,
   per-row values on request.
 
@@ -32,8 +34,10 @@ ratio of means; see lens.patching.result.set_figures for why.
 from lens.data.generators import SOURCES, make_dataset
 from lens.data.metrics import RowMetric, row_metric
 from lens.data.prompt_set import FilterReport, PromptSet, Row
+from lens.data.reading import SetAttention, SetLogitLens, set_attention, set_logit_lens
 from lens.data.stats import GridSpread, Spread, grid_spread, spread
 from lens.data.tracing import causal_trace
 
 __all__ = ["PromptSet", "Row", "FilterReport", "make_dataset", "SOURCES", "Spread", "GridSpread", "spread",
-           "grid_spread", "RowMetric", "row_metric", "causal_trace"]
+           "grid_spread", "RowMetric", "row_metric", "causal_trace", "set_logit_lens", "SetLogitLens", "set_attention",
+           "SetAttention"]
