@@ -302,3 +302,20 @@ def test_set_logit_lens_and_attention_equal_single_prompt_readings():
     for h, head in enumerate(attention.heads):  # the key X is token 2 of every row
         expected = sum(r.heads[h].pattern[-1][2] for r in rows) / len(rows)
         assert abs(head.to["X"].mean - expected) < 1e-6 and head.to["X"].n == len(rows)
+
+
+def test_steering_a_set_shifts_each_rows_metric_as_a_hook_would():
+    model = tiny()
+    ps = tiny_set(model)
+    vector = model.W_U[:, 3] - model.W_U[:, 8]
+    result = steer(model, ps, vector, layer=[1, 2], coefficients=[0.0, 5.0])
+    assert result.settings == [(1, 0.0), (1, 5.0), (2, 0.0), (2, 5.0)]
+    for (layer, coefficient), shift in zip(result.settings, result.shifts, strict=True):
+        expected, delta = [], coefficient * vector
+        for i in range(len(CLEAN)):
+            tokens, metric = torch.tensor([CLEAN[i]]), logit_diff(model, ANSWERS[i], BASELINES[i])
+            steered = model.run_with_hooks(tokens, fwd_hooks=[(act_name("resid_post", layer),
+                                                               lambda x, point, delta=delta: x + delta)])
+            expected.append((metric(steered) - metric(model(tokens))).item())
+        assert abs(shift.mean - sum(expected) / len(expected)) < 1e-5, (layer, coefficient)
+    assert result.shifts[0].mean == 0.0
