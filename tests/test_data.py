@@ -9,8 +9,9 @@ import torch
 from conftest import TINY_VARIANTS, max_diff
 
 from lens import HookedTransformer, act_name
-from lens.analysis import attention_patterns, direct_logit_attribution, logit_lens, steer
+from lens.analysis import attention_patterns, detect_heads, direct_logit_attribution, logit_lens, steer
 from lens.data import PromptSet, causal_trace, make_dataset, row_metric, spread
+from lens.data.reading import set_head_scores
 from lens.data.stats import t_975
 from lens.data.tracing import trace_noise, window_layers
 from lens.patching import ablate, attribution_patch, logit_diff, patch, path_patch
@@ -319,3 +320,24 @@ def test_steering_a_set_shifts_each_rows_metric_as_a_hook_would():
             expected.append((metric(steered) - metric(model(tokens))).item())
         assert abs(shift.mean - sum(expected) / len(expected)) < 1e-5, (layer, coefficient)
     assert result.shifts[0].mean == 0.0
+
+
+def test_set_head_scores_are_the_means_of_single_prompt_scores():
+    model = tiny("gemma_like")
+    ps = tiny_set(model)
+    result = detect_heads(model, "previous_token", prompt=ps)
+    singles = torch.stack([torch.tensor(detect_heads(model, "previous_token", prompt=torch.tensor([c])).scores)
+                           for c in CLEAN])
+    assert (torch.tensor(result.scores) - singles.mean(0)).abs().max() < 1e-6
+    assert result.n_rows == 4 and result.spread.n == 4
+    induction = make_dataset(model, "induction", n=3, seed=0)
+    scores = detect_heads(model, "induction", prompt=induction)
+    _, cache = model.run_with_cache(induction.clean_tokens)
+    start, stop = induction.spans["first_copy"][0].tolist()
+    n = int(induction.lengths[0])
+    queries = torch.arange(stop, n)
+    first_row = torch.stack([cache["pattern", l][0][:, queries, queries - (stop - start) + 1].mean(-1)
+                             for l in range(3)])  # no BOS: a random model's config has none
+    rows = set_head_scores(model, induction, "induction", per_row=True).spread.per_row
+    assert (torch.tensor(rows[0]) - first_row).abs().max() < 1e-6
+    assert (torch.tensor(scores.scores) - torch.tensor(rows).mean(0)).abs().max() < 1e-6

@@ -112,3 +112,44 @@ def set_attention(model, ps, heads: Sequence[tuple[int, int]], query: str = "END
         out.append(SetHeadAttention(layer=layer, head=head, to={
             k: spread((weights * mask).sum(-1), per_row) for k, mask in masks.items()}))
     return SetAttention(n_rows=len(ps), query=query, heads=out)
+
+
+@torch.no_grad()
+def set_head_scores(model, ps, kind: str = "previous_token", per_row: bool = False):
+    """A [layer, head] score table per row, then its mean and spread: "previous_token" (attention from each
+    real token to the one before), or on a set with a "first_copy" span (make_dataset(model, "induction"))
+    "induction" (from each token of the second copy to the token after its first occurrence) and
+    "duplicate_token" (to its first occurrence). As lens.analysis.detect_heads, attention to BOS is left out:
+    each query's row is renormalised over the other keys."""
+    from lens.analysis.heads import HeadScores, _result
+    from lens.data.stats import grid_spread
+    if kind not in ("previous_token", "induction", "duplicate_token"):
+        raise ValueError(f"over a prompt set, kind is 'previous_token', 'induction' or 'duplicate_token', "
+                         f"not {kind!r}")
+    if kind != "previous_token" and "first_copy" not in ps.spans:
+        raise ValueError(f"{kind} scores need repeated tokens: a set with a 'first_copy' span, such as "
+                         f"make_dataset(model, 'induction')")
+    _, cache = model.run_with_cache(ps.clean_tokens.to(model.device),
+                                    names_filter=lambda name: name.endswith("hook_pattern"))
+    patterns = torch.stack([cache["pattern", i].float() for i in range(model.cfg.n_layers)])  # [L, n, H, q, k]
+    bos_id = model.cfg.bos_token_id
+    scores = []
+    for i in range(len(ps)):
+        n = int(ps.lengths[i])
+        bos = int(bos_id is not None and int(ps.clean_tokens[i, 0]) == bos_id)
+        rows = patterns[:, i, :, :n, :n]  # [L, H, q, k]
+        if bos:
+            rows = torch.cat([torch.zeros_like(rows[..., :1]), rows[..., 1:]], -1)
+            rows = rows / rows.sum(-1, keepdim=True).clamp_min(1e-12)
+        if kind == "previous_token":
+            queries = torch.arange(1 + bos, n)
+            keys = queries - 1
+        else:
+            start, stop = ps.spans["first_copy"][i].tolist()
+            length = stop - start
+            queries = torch.arange(stop, n)
+            keys = queries - length + (1 if kind == "induction" else 0)
+        scores.append(rows[:, :, queries, keys].mean(-1))  # [L, H]
+    mean, cells = grid_spread(torch.stack(scores).cpu(), per_row)
+    result: HeadScores = _result(kind, mean.float(), f"{len(ps)} prompts of a {ps.task or 'given'} set (means)")
+    return result.model_copy(update={"n_rows": len(ps), "spread": cells})
