@@ -130,14 +130,15 @@ def steering(model, repeats: int = 3, new_tokens: int = 20) -> dict:
         return steer(model, prompt, vector, layer=6, coefficients=coefficients, max_new_tokens=new_tokens,
                      tokens=[" nice"])
 
-    def plain():
-        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, verbose=False)
+    def plain(stop_at_eos=False):  # all new_tokens, as the steered rows run (a row at EOS waits for the rest)
+        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, verbose=False,
+                              stop_at_eos=stop_at_eos)
     from bench.timing import compare
     t = compare({"steer": steered, "plain": plain}, repeats=repeats + 2, warmup=1)
     zero = steered().generations[2].text
     return {"coefficients": len(coefficients), "new_tokens": new_tokens, "steer_s": t["steer"],
             "plain_s": t["plain"], "ratio": t["steer"] / t["plain"],
-            "coefficient_0_is_plain": prompt + zero == plain()}
+            "coefficient_0_is_plain": prompt + zero == plain(stop_at_eos=True)}
 
 
 def report(r: dict) -> str:
