@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lens import guard
 from lens.model.kv_cache import KVCache
 from lens.patching.slots import pos_axis
 
@@ -93,7 +94,7 @@ def copies_per_forward(model, batch: int, n_run: int, n_pos: int, n_logit_pos: i
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         return batch_size
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    budget = guard.limit(DEFAULT_MEMORY_BUDGET) if memory_budget is None else memory_budget
     copies = max(1, budget // _bytes_per_copy(model, batch, n_run, n_pos, n_logit_pos))
     if model.device.type == "cpu":
         copies = min(copies, max(1, CPU_MAX_TOKENS // (batch * n_run)))
