@@ -15,9 +15,10 @@ already queued, gets a "busy" error naming what is running.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,7 +32,9 @@ from lens.guard import Guard, guarded
 if TYPE_CHECKING:
     from mcp_server.state import LoadedModel
 
+log = logging.getLogger("mcp_server")
 POLL = (0.002, 0.05)  # seconds between tries for a busy model: first, and at most (it doubles)
+PROGRESS_INTERVAL = 0.5  # seconds between progress notifications
 
 
 class Busy(ToolError):
@@ -49,11 +52,14 @@ class Call:
     entry: LoadedModel | None = None  # the model it holds (its lock is taken)
     work_bytes: int = 0  # working memory reserved (the largest forward so far)
     cache_bytes: int = 0  # a cache being made, not stored yet
-    progress: str = ""
+    progress: tuple[float, float, str] | None = None  # (done, total, message), set by the worker thread
+    report: Callable[[float, float, str], Awaitable] | None = None  # sends progress to the client
+    cancelled_at: float | None = None
 
     def describe(self) -> str:
         on = f" on {self.entry.handle!r}" if self.entry is not None else ""
-        return f"{self.tool}{on} (running {time.monotonic() - self.started:.0f} s{self.progress})"
+        done = f", {self.progress[0] / self.progress[1]:.0%} done" if self.progress and self.progress[1] else ""
+        return f"{self.tool}{on} (running {time.monotonic() - self.started:.0f} s{done})"
 
 
 _call: ContextVar[Call | None] = ContextVar("lens_mcp_call", default=None)
@@ -103,12 +109,23 @@ class ModelLock:
         self._lock.release()
 
 
-async def _cancel_when_abandoned(guard: Guard, finished: anyio.Event) -> None:
+async def _watch(call: Call, finished: anyio.Event) -> None:
+    """While the work runs: send its progress from the event loop (the worker thread never waits on the
+    client), and set its cancel flag if the task awaiting it is cancelled (client cancel, disconnect)."""
+    sent = None
     try:
-        await anyio.sleep_forever()
-    finally:  # the task awaiting the work was cancelled (client cancel, disconnect) or the work ended
+        while True:
+            await anyio.sleep(PROGRESS_INTERVAL)
+            if call.report is not None and call.progress is not None and call.progress != sent:
+                sent = call.progress
+                try:
+                    await call.report(*sent)
+                except Exception as error:  # noqa: BLE001 - a closed session: no progress, the work goes on
+                    log.debug("progress not reported: %s", error)
+    finally:
         if not finished.is_set():
-            guard.cancel("the call was cancelled (by the client, or because it disconnected)")
+            call.cancelled_at = time.monotonic()
+            call.guard.cancel("the call was cancelled (by the client, or because it disconnected)")
 
 
 async def run_guarded(call: Call, fn: Callable, limiter: anyio.CapacityLimiter | None = None):
@@ -126,7 +143,7 @@ async def run_guarded(call: Call, fn: Callable, limiter: anyio.CapacityLimiter |
     outcome: dict = {}
     finished = anyio.Event()
     async with anyio.create_task_group() as watcher:
-        watcher.start_soon(_cancel_when_abandoned, call.guard, finished)
+        watcher.start_soon(_watch, call, finished)
         try:
             # Not abandoned on cancel: the thread holds the model until it sees the flag and stops.
             outcome["result"] = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -135,6 +152,8 @@ async def run_guarded(call: Call, fn: Callable, limiter: anyio.CapacityLimiter |
         finally:
             finished.set()
             watcher.cancel_scope.cancel()
+            if call.cancelled_at is not None:
+                log.info("%s stopped %.2f s after it was cancelled", call.tool, time.monotonic() - call.cancelled_at)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]

@@ -49,8 +49,9 @@ def tool(fn):
 
     @functools.wraps(fn)
     async def wrapper(**kwargs):
-        state = state_of(kwargs[context_kwarg])
-        call = Call(fn.__name__)
+        ctx = kwargs[context_kwarg]
+        state = state_of(ctx)
+        call = Call(fn.__name__, report=ctx.report_progress)
         needs_model, ref = "model" in parameters or "cache" in parameters, kwargs.get("model")
         if "cache" in parameters and "model" not in parameters:
             ref = state.cache(kwargs["cache"]).model_handle

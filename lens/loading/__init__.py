@@ -85,7 +85,8 @@ def _read(kind: str, location, before_weights: Callable[[ModelConfig], None]) ->
     return cfg, tensors, ck.tokenizer, False
 
 
-def _check_memory(cfg: ModelConfig, dtype: torch.dtype, device: str, max_bytes: int | None, check_free: bool) -> None:
+def _check_memory(cfg: ModelConfig, dtype: torch.dtype, device: str, max_bytes: int | None = None,
+                  check_free: bool = True) -> None:
     need = cfg.n_params * torch.finfo(dtype).bits // 8
     if max_bytes is not None and need > max_bytes:
         raise InsufficientMemoryError(

@@ -103,6 +103,7 @@ def copies_per_forward(model, batch: int, n_run: int, n_pos: int, n_logit_pos: i
 
 def _first_change(patch: Patch, base: dict[str, torch.Tensor], n_pos: int) -> int:
     """The first position a patch changes on the base run (n_pos: it changes nothing)."""
+    guard.check_cancelled()  # planning a long sweep takes seconds: stop here too when asked
     first = n_pos
     for edit in patch:
         activation = base[edit.hook]
