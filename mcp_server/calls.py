@@ -37,7 +37,7 @@ POLL = (0.002, 0.05)  # seconds between tries for a busy model: first, and at mo
 PROGRESS_INTERVAL = 0.5  # seconds between progress notifications
 
 
-class Busy(ToolError):
+class BusyError(ToolError):
     """The model, or the memory, a call needs is taken by running calls; retry later."""
 
 
@@ -71,7 +71,7 @@ def current_call() -> Call | None:
 
 class ModelLock:
     """One call at a time on a model. Waiters poll without holding a thread (async) or block a thread
-    (the fallback for a model a tool picks up mid-call); either gives up with Busy."""
+    (the fallback for a model a tool picks up mid-call); either gives up with BusyError."""
 
     def __init__(self, name: str):
         self.name = name
@@ -79,9 +79,9 @@ class ModelLock:
         self.holder: Call | None = None
         self.waiting = 0
 
-    def _busy(self, waited: float) -> Busy:
+    def _busy(self, waited: float) -> BusyError:
         running = self.holder.describe() if self.holder is not None else "a call"
-        return Busy(f"model {self.name!r} is busy: {running}, with {self.waiting} more call(s) waiting; gave up "
+        return BusyError(f"model {self.name!r} is busy: {running}, with {self.waiting} more call(s) waiting; gave up "
                     f"after {waited:.0f} s. Retry later, cancel the running call, or use another model.")
 
     async def acquire_async(self, call: Call, timeout: float, max_waiting: int) -> None:

@@ -30,7 +30,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from lens import DEFAULT_MODEL, HookedTransformer, list_models
 from lens.cache import ActivationCache
 from lens.guard import Guard
-from mcp_server.calls import Busy, Call, ModelLock, current_call, run_guarded
+from mcp_server.calls import BusyError, Call, ModelLock, current_call, run_guarded
 from mcp_server.plots import PlotFolder
 
 GiB = 2**30
@@ -137,7 +137,7 @@ class State:
         with self._lock:
             loading = self._loading.setdefault(handle, threading.Lock())
         if not loading.acquire(timeout=self.settings.busy_timeout):
-            raise Busy(f"{handle!r} has been loading in another call for over {self.settings.busy_timeout:.0f} s; "
+            raise BusyError(f"{handle!r} has been loading in another call for over {self.settings.busy_timeout:.0f} s; "
                        f"retry later (other models load meanwhile)")
         try:
             with self._lock:
@@ -267,7 +267,7 @@ class State:
             others = [c for c in self.calls if c is not call and c.work_bytes]
             used = sum(c.work_bytes for c in others)
             if used + nbytes > self.settings.work_budget:
-                raise Busy(f"{what} needs about {mib(nbytes)} of working memory, but {mib(used)} of the "
+                raise BusyError(f"{what} needs about {mib(nbytes)} of working memory, but {mib(used)} of the "
                            f"{mib(self.settings.work_budget)} budget is held by running calls: "
                            f"{'; '.join(c.describe() for c in others)}. Retry when they finish.")
             call.work_bytes = nbytes
@@ -296,7 +296,7 @@ class State:
             while self.caches and sum(c.nbytes for c in self.caches.values()) + pending + nbytes > budget:
                 self.caches.popitem(last=False)  # its tensors are freed as the last reference goes
             if pending + nbytes > budget:
-                raise Busy(f"caching these activations would take about {mib(nbytes)}, and caches being made by "
+                raise BusyError(f"caching these activations would take about {mib(nbytes)}, and caches being made by "
                            f"running calls hold {mib(pending)} of the {mib(budget)} cache budget; retry when they end")
             if call is not None:
                 call.cache_bytes = nbytes
