@@ -177,6 +177,14 @@ def test_duplicated_layers_or_positions_in_a_sweep_are_errors_before_any_forward
     assert "layers [1]" in text and "more than once" in text and n == 0, (text, n)
 
 
+@pytest.mark.parametrize("components, expected", [([], "components is empty"),
+                                                    (["L0H1", "L1.mlp", "L0H1"], "more than once")])
+def test_ablation_mistakes_are_errors_before_any_forward(model, components, expected):
+    metric = patching.logit_diff(model, " Mary", " John")
+    text, n = forwards_during(model, lambda: patching.ablate(model, IOI_CLEAN, metric, components=components))
+    assert expected in text and n == 0, (text, n)
+
+
 def test_the_path_patch_tool_reports_an_empty_sender_list(model, tmp_path):
     args = {"clean": IOI_CLEAN, "corrupted": IOI_CORRUPTED, "answer": " Mary", "receivers": ["L2H1.q"], "senders": []}
     text = run(tiny_server(model, tmp_path), lambda client: refused(client, "path_patch", args))

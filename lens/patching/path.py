@@ -23,7 +23,7 @@ import torch
 
 from lens.analysis.common import all_in_range, prompt_text, str_tokens
 from lens.hooks import act_name
-from lens.patching.components import Component, parse
+from lens.patching.components import Component, distinct, parse
 from lens.patching.engine import Edit, run_patches, scalar
 from lens.patching.inputs import pair_tokens
 from lens.patching.metrics import metric_name
@@ -48,13 +48,6 @@ def _reaches(model, sender: Component, receiver: Component) -> bool:
     return sender.layer < receiver.layer or (sender.layer == receiver.layer and same_layer_ok)
 
 
-def _distinct(components: list[Component], what: str) -> None:
-    names = [c.name for c in components]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"{what}s {twice} are listed more than once; list each {what} once")
-
-
 def _check_senders(model, senders: list[Component], receivers: list[Component]) -> None:
     """Listed senders: at least one, each a head / MLP / attention layer, each once, each before a receiver."""
     if not senders:
@@ -62,7 +55,7 @@ def _check_senders(model, senders: list[Component], receivers: list[Component]) 
                          "'heads' or 'mlps' to sweep them all")
     if any(s.kind not in SENDER_KINDS for s in senders):
         raise ValueError(f"senders are heads, MLPs or attention layers, not {[s.name for s in senders]}")
-    _distinct(senders, "sender")
+    distinct(senders, "sender")
     late = [s.name for s in senders if not any(_reaches(model, s, r) for r in receivers)]
     if late:
         raise ValueError(f"senders {late} sit at or after the layer of every receiver "
@@ -105,7 +98,7 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
     if any(r.kind == "logits" for r in receivers) and len(receivers) > 1:
         raise ValueError("'logits' is a receiver on its own (the direct path to the output); path-patch the other "
                          "receivers in a separate call")
-    _distinct(receivers, "receiver")
+    distinct(receivers, "receiver")
     if senders == "heads":
         sender_sets = [[Component("head", l, h)] for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
         axes, coords, names = ["layer", "head"], [list(range(cfg.n_layers)), list(range(cfg.n_heads))], None
