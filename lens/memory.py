@@ -76,11 +76,11 @@ def retaining(names: Iterable[str]) -> Iterator[None]:
 
 
 def forward_bytes(model, batch: int, n: int, n_keys: int, explicit_attention: bool, kv_len: int = 0,
-                  retained: Iterable[str] = ()) -> dict[str, int]:
+                  retained: Iterable[str] = (), logits: bool = True) -> dict[str, int]:
     """A generous estimate of what one forward of [batch, n] new positions (attending to n_keys) holds at its
-    peak, by part: a block's working activations, one layer's attention scores, the logits, the KV cache
-    of kv_len positions, and the activations kept at `retained` hooks. Under autograd every block's
-    activations stay for the backward."""
+    peak, by part: a block's working activations, one layer's attention scores, the logits (when it makes
+    them), the KV cache of kv_len positions, and the activations kept at `retained` hooks. Under autograd
+    every block's activations stay for the backward."""
     cfg, size = model.cfg, model.dtype.itemsize
     per_token = 4 * cfg.d_model + 2 * (cfg.n_heads + cfg.n_kv_heads) * cfg.d_head + 3 * cfg.d_mlp
     layers_alive = cfg.n_layers if torch.is_grad_enabled() else 1
@@ -88,13 +88,13 @@ def forward_bytes(model, batch: int, n: int, n_keys: int, explicit_attention: bo
     return {
         "activations": batch * n * per_token * size * layers_alive,
         "attention scores": scores * layers_alive,
-        "logits": batch * n * cfg.d_vocab * max(size, 4),
+        "logits": batch * n * cfg.d_vocab * max(size, 4) if logits else 0,
         "KV cache": 2 * cfg.n_layers * batch * cfg.n_kv_heads * kv_len * cfg.d_head * size,
         "kept activations": sum(batch * n * activation_numel(cfg, name, n_keys) * size for name in retained),
     }
 
 
-def check_forward(model, batch: int, n: int, offset: int, kv_cache) -> None:
+def check_forward(model, batch: int, n: int, offset: int, kv_cache, logits: bool = True) -> None:
     """Refuse a forward whose estimate is over the caller's guard (no guard: nothing to check)."""
     if guard.current() is None:
         return
@@ -102,7 +102,7 @@ def check_forward(model, batch: int, n: int, offset: int, kv_cache) -> None:
     explicit = model.cfg.attn_logit_softcap is not None or any(
         name.endswith(("hook_pattern", "hook_attn_scores")) for name in hooked)
     parts = forward_bytes(model, batch, n, offset + n, explicit, 0 if kv_cache is None else kv_cache.max_len,
-                          _retained.get())
+                          _retained.get(), logits)
     total = sum(parts.values())
     largest = ", ".join(f"{name} {guard.mib(b)}" for name, b in sorted(parts.items(), key=lambda p: -p[1])[:2] if b)
     guard.require(total, f"a forward of {batch} x {n} tokens ({largest})",

@@ -17,6 +17,7 @@ import gc
 import itertools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -72,10 +73,7 @@ class LoadedModel:
     options: dict  # dtype and processing flags
     model: HookedTransformer
     nbytes: int
-    lock: ModelLock = field(init=False)
-
-    def __post_init__(self):
-        self.lock = ModelLock(self.handle)
+    lock: ModelLock  # one per model object, so a model registered in memory and admitted again keeps it
 
 
 @dataclass
@@ -117,6 +115,7 @@ class State:
         self._lock = threading.RLock()  # guards the dicts and the running calls
         self._loading: dict[str, threading.Lock] = {}  # one load at a time per model handle
         self.calls: set[Call] = set()  # the tool calls running or waiting now
+        self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its ModelLock
         self.threads = anyio.CapacityLimiter(settings.max_threads)
         self.vectors: dict[str, StoredVector] = {}
         self._cache_ids = itertools.count(1)
@@ -145,7 +144,9 @@ class State:
                     self.models.move_to_end(handle)
                     return self.models[handle], False
             model = self._build(source, options)
-            entry = LoadedModel(handle, source, options, model, model_bytes(model))
+            with self._lock:
+                lock = self._model_locks.setdefault(model, ModelLock(handle))
+            entry = LoadedModel(handle, source, options, model, model_bytes(model), lock)
             self._admit_model(entry)
         finally:
             loading.release()

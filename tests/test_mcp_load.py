@@ -13,6 +13,8 @@ import pytest
 from test_mcp_robustness import GOOD
 from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, refused, run, save_tiny_folder, tiny_model
 
+from lens.analysis import logit_lens as lens_logit_lens
+from lens.guard import Guard, guarded
 from mcp_server import Settings, create_server
 
 CASE_SECONDS = 60
@@ -99,24 +101,25 @@ def test_closing_stdin_mid_sweep_stops_the_work(tmp_path):
     assert float(stopped[1]) < 1.0, f"the sweep went on for {float(stopped[1]):.2f} s after stdin closed"
 
 
-def test_fifty_calls_queued_on_a_busy_model_leave_list_models_answering(slow_model, tmp_path):
+def test_fifty_calls_queued_on_a_busy_model_leave_list_models_and_other_models_answering(slow_model, tmp_path):
     async def scenario(client):
-        progress, answered = [], []
+        progress, answered, listed = [], [], None
         async with anyio.create_task_group() as tg:
             await started(client, "patch", LONG_PATCH, progress, tg)
             for _ in range(50):
                 tg.start_soon(client.call_tool, "tokenize", {"text": "hi"})
             await anyio.sleep(0.5)  # all 50 are waiting for the model now
-            for _ in range(3):
+            for name, args in [("list_models", {})] * 3 + [("tokenize", {"text": "hi", "model": "other"})]:
                 begin = time.monotonic()
                 with anyio.fail_after(CASE_SECONDS):
-                    listed = await ok(client, "list_models", {})
+                    result = await ok(client, name, args)
                 answered.append(time.monotonic() - begin)
+                listed = result if name == "list_models" else listed
             tg.cancel_scope.cancel()
         return listed, answered
-    listed, answered = run(server_for(tmp_path, {"slow": slow_model}), scenario)
+    listed, answered = run(server_for(tmp_path, {"slow": slow_model, "other": tiny_model()}), scenario)
     assert [m["handle"] for m in listed["loaded"]] == ["slow"]
-    assert max(answered) < 2, f"list_models took {answered} s with 50 calls queued"
+    assert max(answered) < 2, f"list_models (3 calls) and a call on another model took {answered} s with 50 queued"
 
 
 def test_a_call_that_waits_past_the_limit_gets_a_busy_error_naming_what_runs(slow_model, tmp_path):
@@ -196,3 +199,28 @@ def test_two_caches_made_at_once_stay_within_the_cache_budget_together(tmp_path)
     assert not results["a"].is_error
     assert results["b"].is_error and "cache budget" in results["b"].content[0].text, results["b"]
     assert sum(held) <= budget, (held, budget)
+
+
+def test_calls_on_two_models_at_once_share_the_working_memory_budget(tmp_path):
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    needs = []
+    with guarded(Guard(reserve=lambda nbytes, what: needs.append(nbytes))):
+        lens_logit_lens(a, IOI_CLEAN)
+    args = {"prompt": IOI_CLEAN, "plot": False}
+    final = f"blocks.{a.cfg.n_layers - 1}.hook_resid_post"
+
+    async def scenario(client):
+        results = {}
+
+        async def lens(name):
+            results[name] = await client.call_tool("logit_lens", args | {"model": name})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lens, "a")
+            await anyio.sleep(0.3)  # a's forward is under way (it sleeps in a hook), holding its reservation
+            tg.start_soon(lens, "b")
+        return results
+    with a.hooks(fwd_hooks=[(final, lambda resid, point: time.sleep(1.0))]):
+        results = run(server_for(tmp_path, {"a": a, "b": b}, work_budget=int(1.5 * max(needs))), scenario)
+    assert not results["a"].is_error, results["a"].content[0].text
+    text = results["b"].content[0].text
+    assert results["b"].is_error and "held by running calls: logit_lens on 'a'" in text, text

@@ -302,7 +302,7 @@ class HookedTransformer(nn.Module):
         if offset + n > self.cfg.n_ctx:
             raise SequenceTooLongError(f"the input is {offset + n} tokens; this model's context window (n_ctx) "
                                        f"is {self.cfg.n_ctx}. Shorten the prompt or split it.")
-        check_forward(self, batch, n, offset, past_kv_cache)
+        check_forward(self, batch, n, offset, past_kv_cache, logits=return_type is not None and stop == self.cfg.n_layers)
         ctx = self._context(batch, n, mask, past_kv_cache)
         for handle in self._hooks.handles:  # the attached hooks only, not every hook point
             handle.point.ctx = ctx

@@ -98,7 +98,7 @@ def copies_per_forward(model, batch: int, n_run: int, n_pos: int, n_logit_pos: i
     budget = guard.limit(DEFAULT_MEMORY_BUDGET) if memory_budget is None else memory_budget
     per_copy = _bytes_per_copy(model, batch, n_run, n_pos, n_logit_pos)
     if guard.current() is not None:  # size batches so the guard's own estimate of each forward fits too
-        per_copy = max(per_copy, sum(forward_bytes(model, batch, n_run, n_pos, True, n_pos).values()))
+        per_copy = max(per_copy, sum(forward_bytes(model, batch, n_run, n_pos, True, n_pos, logits=False).values()))
     copies = max(1, budget // per_copy)
     if model.device.type == "cpu":
         copies = min(copies, max(1, CPU_MAX_TOKENS // (batch * n_run)))
