@@ -81,8 +81,8 @@ class ModelLock:
 
     def _busy(self, waited: float) -> BusyError:
         running = self.holder.describe() if self.holder is not None else "a call"
-        return BusyError(f"model {self.name!r} is busy: {running}, with {self.waiting} more call(s) waiting; gave up "
-                    f"after {waited:.0f} s. Retry later, cancel the running call, or use another model.")
+        return BusyError(f"model {self.name!r} is busy: {running}, with {self.waiting} more call(s) waiting; "
+                         f"gave up after {waited:.0f} s. Retry later, cancel the running call, or use another model.")
 
     async def acquire_async(self, call: Call, timeout: float, max_waiting: int) -> None:
         if self.waiting >= max_waiting and self._lock.locked():

@@ -45,6 +45,9 @@ def tool(fn):
     ToolErrors, and the result goes out as compact JSON (the SDK would indent it) with the same
     structured content and output schema."""
     context_kwarg = find_context_parameter(fn)
+    if context_kwarg is None:
+        raise TypeError(f"tool {fn.__name__} has no ctx: Context parameter; every lens tool takes one (it carries "
+                        f"the server's state)")
     parameters = inspect.signature(fn).parameters
 
     @functools.wraps(fn)

@@ -5,7 +5,7 @@ import httpx
 import pytest
 from test_mcp_support import tiny_server
 
-from mcp_server.cli import main
+from mcp_server.cli import exposure, main, parser
 from mcp_server.http import http_app
 
 TOKEN = "s3cret-token"
@@ -18,6 +18,16 @@ def test_a_bind_beyond_loopback_without_the_flag_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--http", "--host", "0.0.0.0"])
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_beyond_loopback_a_token_is_generated_and_printed_with_a_warning(capsys, monkeypatch):
+    monkeypatch.delenv("LENS_MCP_TOKEN", raising=False)
+    p = parser()
+    args = p.parse_args(["--http", "--host", "0.0.0.0", "--allow-remote"])
+    exposure(p, args)
+    err = capsys.readouterr().err
+    assert len(args.token) >= 32 and args.token in err and "WARNING" in err, err
+    assert args.model_dir == [], "beyond loopback, load_model reads no local paths unless --model-dir names some"
 
 
 def test_an_app_beyond_loopback_needs_a_token(tmp_path):
