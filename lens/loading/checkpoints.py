@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,21 +90,28 @@ def download(hub_id: str) -> Path:
     answers fails the load after hub_timeout() seconds (the download thread is left to end on its own)."""
     from huggingface_hub import snapshot_download
 
-    timeout = hub_timeout()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lens-hub")
-    future = pool.submit(snapshot_download, hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt"])
-    pool.shutdown(wait=False)
-    try:
-        return Path(future.result(timeout=timeout))
-    except FutureTimeout as err:
+    timeout, outcome = hub_timeout(), {}
+
+    def fetch():
+        try:
+            outcome["path"] = snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*",
+                                                                        "*.txt"])
+        except Exception as err:  # noqa: BLE001 - handed to the loading thread below
+            outcome["error"] = err
+    thread = threading.Thread(target=fetch, name="lens-hub", daemon=True)  # daemon: a hung one never blocks exit
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
         raise UnknownModelError(f"the HF hub did not deliver {hub_id!r} within {timeout:.0f} s (LENS_HUB_TIMEOUT); "
-                                f"check the network, or load a local HF folder or a .gguf file") from err
-    except Exception as err:  # offline, private, or no such repository: all mean "cannot load this name"
+                                f"check the network, or load a local HF folder or a .gguf file")
+    if "error" in outcome:  # offline, private, or no such repository: all mean "cannot load this name"
+        err = outcome["error"]
         from lens.loading.registry import ALIASES
         raise UnknownModelError(
             f"{hub_id!r} is not a registry alias or a local path, and the HF hub could not provide it "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
             f"Known aliases: {', '.join(ALIASES)}; or pass a local HF folder or a .gguf file.") from err
+    return Path(outcome["path"])
 
 
 def read_gguf(path: Path, before_weights: Callable[[object], None] = lambda hf_config: None) -> HFCheckpoint:
