@@ -54,6 +54,7 @@ class Call:
     cache_bytes: int = 0  # a cache being made, not stored yet
     progress: tuple[float, float, str] | None = None  # (done, total, message), set by the worker thread
     report: Callable[[float, float, str], Awaitable] | None = None  # sends progress to the client
+    sent: tuple[float, float, str] | None = None  # the progress last sent
     cancelled_at: float | None = None
 
     def describe(self) -> str:
@@ -109,19 +110,24 @@ class ModelLock:
         self._lock.release()
 
 
+async def _send_progress(call: Call) -> None:
+    """Send the call's latest progress if it is new."""
+    if call.report is None or call.progress is None or call.progress == call.sent:
+        return
+    call.sent = call.progress
+    try:
+        await call.report(*call.sent)
+    except Exception as error:  # noqa: BLE001 - a closed session: no progress, the work goes on
+        log.debug("progress not reported: %s", error)
+
+
 async def _watch(call: Call, finished: anyio.Event) -> None:
     """While the work runs: send its progress from the event loop (the worker thread never waits on the
     client), and set its cancel flag if the task awaiting it is cancelled (client cancel, disconnect)."""
-    sent = None
     try:
         while True:
             await anyio.sleep(PROGRESS_INTERVAL)
-            if call.report is not None and call.progress is not None and call.progress != sent:
-                sent = call.progress
-                try:
-                    await call.report(*sent)
-                except Exception as error:  # noqa: BLE001 - a closed session: no progress, the work goes on
-                    log.debug("progress not reported: %s", error)
+            await _send_progress(call)
     finally:
         if not finished.is_set():
             call.cancelled_at = time.monotonic()
@@ -156,4 +162,5 @@ async def run_guarded(call: Call, fn: Callable, limiter: anyio.CapacityLimiter |
                 log.info("%s stopped %.2f s after it was cancelled", call.tool, time.monotonic() - call.cancelled_at)
     if "error" in outcome:
         raise outcome["error"]
+    await _send_progress(call)  # the last count (done = total), if the work ended between two reports
     return outcome["result"]
