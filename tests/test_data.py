@@ -66,6 +66,7 @@ def test_a_padded_row_gives_the_logits_of_the_row_alone():
         assert abs(batch[i].item() - alone.item()) < 1e-5
 
 
+@pytest.mark.real_model
 def test_files_load_like_lists(tmp_path, smollm2):
     rows = [{"clean": "The capital of France is", "corrupted": "The capital of Spain is", "answer": " Paris",
              "baseline": " Madrid", "positions": {"subject": "France"}},
@@ -86,6 +87,7 @@ def test_files_load_like_lists(tmp_path, smollm2):
     assert subject == [" France", " Italy"]
 
 
+@pytest.mark.real_model
 def test_filter_keeps_the_rows_the_model_ranks_first(smollm2):
     ps = make_dataset(smollm2, "factual", n=12, seed=1)
     kept, report = ps.filter(smollm2, by="rank")
