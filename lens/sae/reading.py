@@ -148,3 +148,29 @@ def feature_density(model, sae: SAE, texts: Sequence[str]) -> tuple[torch.Tensor
         total += acts.sum(0).double().cpu()
         n += acts.shape[0]
     return count / max(n, 1), total / count.clamp(min=1)
+
+
+class SelectiveFeature(Result):
+    feature: int
+    on_targets: float  # mean activation on the target tokens
+    elsewhere: float  # mean activation on every other token
+
+
+def selective_features(model, sae: SAE, texts, targets: Sequence[str], k: int = 5) -> list[SelectiveFeature]:
+    """The features most selective for some tokens (e.g. [" Paris", " Tokyo"]) over `texts`: ranked by
+    mean activation where a target token is minus mean activation elsewhere."""
+    wanted = {t.strip() for t in targets}
+    on = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    off = torch.zeros_like(on)
+    n_on = n_off = 0
+    for text in _texts(texts):
+        toks, acts = feature_acts(model, sae, text)
+        hit = torch.tensor([t.strip() in wanted for t in toks], device=acts.device)
+        on += acts[hit].sum(0).double().cpu()
+        off += acts[~hit].sum(0).double().cpu()
+        n_on, n_off = n_on + int(hit.sum()), n_off + int((~hit).sum())
+    if n_on == 0:
+        raise ValueError(f"none of {sorted(wanted)} occurs as a token of the texts; check the tokenization")
+    on, off = on / n_on, off / max(n_off, 1)
+    best = (on - off).topk(min(k, sae.cfg.d_sae)).indices
+    return [SelectiveFeature(feature=int(f), on_targets=float(on[f]), elsewhere=float(off[f])) for f in best]

@@ -64,9 +64,9 @@ class Recipe:
     d_sae: int = 1024
     k: int = 16  # TopK: active features per token
     context: int = 64
-    generated_tokens: int = 32  # per prompt of PROMPTS, sampled with `seed`; 0 = documentation only
+    generated_tokens: int = 24  # per prompt of PROMPTS, sampled with `seed`; 0 = documentation only
     max_rows: int | None = None  # cap on the corpus, in rows of `context` tokens
-    steps: int = 600
+    steps: int = 500
     batch: int = 256
     lr: float = 1e-3
     seed: int = 0
