@@ -10,8 +10,18 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from lens.patching import logit_diff
-from lens.sae import SAE, DictionaryError, quality, reading, steering, train
-from lens.sae import attribution as attr
+from lens.sae import (
+    SAE,
+    DictionaryError,
+    ablate_features,
+    direct_attribution,
+    feature_patch,
+    max_activating,
+    quality,
+    steer_feature,
+    top_features,
+    train,
+)
 from mcp_server.schemas import ModelRef, Num, Plot, Prompt, ToolResult
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import PLOTTING
@@ -88,28 +98,28 @@ def _run(m, sae, analysis, prompts, feature, answer, wrong, corrupted, coefficie
     if analysis in needs and not needs[analysis]:
         raise ToolError(f"analysis={analysis!r} needs {'answer' if analysis == 'attribution' else 'feature'}")
     if analysis == "top":
-        r = reading.top_features(m, sae, prompts, k=top_k)
+        r = top_features(m, sae, prompts, k=top_k)
         return r, {"l0": r.l0}
     if analysis == "quality":
-        r = quality.quality(m, sae, prompts)
+        r = quality(m, sae, prompts)
         return r, {k: getattr(r, k) for k in ("l0", "explained_variance", "ce_loss_recovered", "loss_clean",
                                               "loss_spliced", "loss_zero_ablated")}
     if analysis == "contexts":
-        r = reading.max_activating(m, sae, prompts, feature[0], k=top_k)
+        r = max_activating(m, sae, prompts, feature[0], k=top_k)
         return r, {"frequency": r.frequency, "max": r.contexts[0].activation if r.contexts else 0.0}
     if analysis == "attribution" and corrupted is None:
-        r = attr.direct_attribution(m, sae, prompts[0], answer, wrong, top_k=top_k)
+        r = direct_attribution(m, sae, prompts[0], answer, wrong, top_k=top_k)
         return r, {"total": r.total, "features": r.sum_of_features, "error_term": r.error_term}
     metric = logit_diff(m, answer, wrong) if answer else None
     if analysis == "attribution":
-        r = attr.feature_patch(m, sae, prompts[0], corrupted, metric, top_k=top_k)
+        r = feature_patch(m, sae, prompts[0], corrupted, metric, top_k=top_k)
         return r, {"clean": r.clean_value, "corrupted": r.corrupted_value}
     if analysis == "ablate":
         if metric is None:
             raise ToolError("analysis='ablate' needs answer (and optionally wrong) to score")
-        r = attr.ablate_features(m, sae, prompts[0], feature, metric)
+        r = ablate_features(m, sae, prompts[0], feature, metric)
         return r, {"base": r.base_value, "all_ablated": r.effects[-1].value}
-    r = steering.steer_feature(m, sae, prompts[0], feature[0], mode, coefficients, max_new_tokens=16,
+    r = steer_feature(m, sae, prompts[0], feature[0], mode, coefficients, max_new_tokens=16,
                                tokens=[t for t in (answer, wrong) if t])
     return r, {f"x{g.coefficient:g}": next(iter(g.logit_shifts.values()), 0.0) for g in r.generations}
 
