@@ -219,3 +219,21 @@ def test_hub_loading_without_sae_lens_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sae_lens.loading.pretrained_saes_directory", None)
     with pytest.raises(DictionaryError, match="needs SAELens.*SAE.load"):
         SAE.from_pretrained("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_small")
+
+
+def test_a_dictionary_on_one_head_reads_and_writes_that_head_only():
+    model = HookedTransformer.from_config(tiny_config(), seed=1)
+    sae = SAE.random(SAEConfig("standard", 8, 24, "blocks.1.attn.hook_z", hook_head_index=2), seed=5)
+    tokens = torch.randint(0, 50, (1, 7))
+    _, clean = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    with model.saes(sae, use_error_term=False):
+        _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.attn.hook_z",
+                                                              "blocks.1.attn.hook_z.hook_sae_input"])
+    z, z_clean = cache["blocks.1.attn.hook_z"], clean["blocks.1.attn.hook_z"]
+    torch.testing.assert_close(cache["blocks.1.attn.hook_z.hook_sae_input"], z_clean[:, :, 2], atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(z[:, :, 2], sae(z_clean[:, :, 2]), atol=1e-6, rtol=0)
+    keep = [0, 1, 3]
+    assert torch.equal(z[:, :, keep], z_clean[:, :, keep])
+    with pytest.raises(DictionaryError, match="head 7 of blocks.1.attn.hook_z, which has 4 heads"):
+        model.add_sae(SAE.random(SAEConfig("standard", 8, 24, "blocks.1.attn.hook_z", hook_head_index=7)))
