@@ -99,7 +99,7 @@ def features(model, out_dir: Path) -> list[tuple[str, str | None]]:
 
     recipe = train.Recipe() if train.is_cached(model) else train.QUICK  # QUICK trains in seconds
     sae = train.default_dictionary(model, recipe, verbose=False)
-    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:6]
+    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:3]
     checked = quality(model, sae, heldout)
     top = top_features(model, sae, CITY_TEXTS[0], k=3)
     city = selective_features(model, sae, CITY_TEXTS, CITIES, k=1)[0]
