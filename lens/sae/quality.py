@@ -67,10 +67,14 @@ def quality(model, sae: SAE, texts: Sequence[str] | str, skip_first: bool = True
     in_hook, out_hook = sae.cfg.hook_name, sae.cfg.out_hook
     xs, recons, l0s, active = [], [], [], torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     losses = {"clean": [], "spliced": [], "zero": []}
+    layer = model.hook_dict[out_hook].layer()
+    entry = None if layer is None else f"blocks.{layer}.hook_resid_pre"  # the spliced runs start there
     for text in texts:
         tokens = prompt_tokens(model, text)
         loss, cache = model.run_with_cache(tokens, return_type="loss", loss_per_token=True,
-                                           names_filter=sorted({in_hook, out_hook}))
+                                           names_filter=sorted({in_hook, out_hook} | ({entry} if entry else set())))
+        run = {"input": tokens} if entry is None else {"input": cache[entry], "start_at_layer": layer,
+                                                         "tokens": tokens}
         losses["clean"].append(loss[0])
         start = 1 if skip_first and tokens.shape[1] > 1 else 0
         head = sae.cfg.hook_head_index
@@ -86,8 +90,8 @@ def quality(model, sae: SAE, texts: Sequence[str] | str, skip_first: bool = True
         l0s.append((acts != 0).sum(-1).double())
         active |= (acts != 0).any(0).cpu()
         with model.saes(sae, use_error_term=False):
-            losses["spliced"].append(model(tokens, return_type="loss", loss_per_token=True)[0])
-        losses["zero"].append(model.run_with_hooks(tokens, fwd_hooks=[(out_hook, _zero(sae))], return_type="loss",
+            losses["spliced"].append(model(**run, return_type="loss", loss_per_token=True)[0])
+        losses["zero"].append(model.run_with_hooks(**run, fwd_hooks=[(out_hook, _zero(sae))], return_type="loss",
                                                    loss_per_token=True)[0])
     x, x_hat = torch.cat(xs), torch.cat(recons)
     err = (x - x_hat).pow(2).sum(-1)
