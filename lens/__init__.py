@@ -4,10 +4,12 @@ from lens import patching as patching  # interventions: lens.patching
 from lens.cache import ActivationCache
 from lens.config import ModelConfig, RotaryConfig
 from lens.errors import (
+                         Cancelled,
                          CorruptCheckpointError,
                          HookWouldNotFireError,
                          InsufficientMemoryError,
                          LensError,
+                         MemoryBudgetError,
                          ModelFileNotFoundError,
                          SequenceTooLongError,
                          TokenizationError,
@@ -28,5 +30,5 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
-    "SAE", "DictionaryError",
+    "MemoryBudgetError", "Cancelled", "SAE", "DictionaryError",
 ]
