@@ -21,10 +21,8 @@ from pydantic import Field
 from mcp_server.schemas import Plot
 
 URI_PREFIX = "lens://plots/"
-PlotPath = Annotated[str | None, Field(
-    max_length=300, description="file name (or path) for the plot inside the server's output folder; "
-                                "default: a unique name. '.png' is added when missing.")]
-DrawPlot = Annotated[bool, Field(description="draw the plot (False is faster when only the numbers are needed)")]
+PlotPath = Annotated[str | None, Field(max_length=300, description="PNG name inside the output folder")]
+DrawPlot = bool  # False skips drawing (faster when only the numbers are needed)
 
 _drawing = threading.Lock()
 

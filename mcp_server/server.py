@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from mcp.server.mcpserver import MCPServer
 
 from lens import HookedTransformer
-from mcp_server.errors import tool
+from mcp_server.definitions import definition
 from mcp_server.plots import URI_PREFIX, PlotFolder
 from mcp_server.state import Settings, State
 from mcp_server.tools import MODULES
@@ -39,10 +39,8 @@ def create_server(settings: Settings | None = None, models: dict[str, HookedTran
         finally:
             state.close()
 
-    server = MCPServer("lens", instructions=INSTRUCTIONS, lifespan=lifespan)
-    for module in MODULES:
-        for fn, hints in module.TOOLS:
-            server.add_tool(tool(fn), annotations=hints)
+    tools = [definition(fn, hints) for module in MODULES for fn, hints in module.TOOLS]
+    server = MCPServer("lens", instructions=INSTRUCTIONS, lifespan=lifespan, tools=tools)
 
     folder = PlotFolder(settings.out_dir)
 

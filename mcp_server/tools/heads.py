@@ -17,8 +17,8 @@ from mcp_server.schemas import ModelRef, Num, Part, Plot, ToolResult, TopK, head
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import PLOTTING
 
-SeqLen = Annotated[int, Field(ge=2, le=512, description="length of the random sequence that is repeated")]
-Batch = Annotated[int, Field(ge=1, le=32, description="how many random sequences")]
+SeqLen = Annotated[int, Field(ge=2, le=512, description="length of the repeated random sequence")]
+Batch = Annotated[int, Field(ge=1, le=32, description="random sequences")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
@@ -58,7 +58,7 @@ def detect_heads(
     ctx: Context,
     kind: Literal["previous_token", "duplicate_token", "induction"] = "previous_token",
     prompt: Annotated[str | None, Field(min_length=1, max_length=50_000, description=(
-        "text for previous_token scores; default: a built-in paragraph"))] = None,
+        "text for previous_token; default: a built-in paragraph"))] = None,
     seq_len: SeqLen = 40,
     batch: Batch = 4,
     seed: Seed = 0,
@@ -67,11 +67,8 @@ def detect_heads(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> HeadDetection:
-    """Score every head as a previous-token head (attends to the token before, on natural text), a
-    duplicate-token head (attends to the earlier copy of the current token) or an induction head
-    (attends to the token after the earlier copy), on repeated random tokens; BOS is excluded.
-    Returns the top heads and a layer x head heatmap. Use it to map a model's attention heads by
-    role; find_induction_heads adds the induction loss."""
+    """Score every head as previous-token (on text), duplicate-token or induction (on repeated
+    random tokens; BOS excluded): the top heads. Maps heads by role."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"heads-{kind}", plot_path)
     with state.using(model) as entry:
@@ -96,10 +93,9 @@ def find_induction_heads(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> InductionHeads:
-    """Find induction heads: score each head by its attention, on a repeated random sequence, from
-    each token of the second copy to the token that followed it in the first, and measure the
-    induction loss (next-token loss on the first vs the repeated copy). Use it as the standard
-    first survey of a model's in-context copying circuitry. Plot: a layer x head heatmap."""
+    """Induction heads on a repeated random sequence: each head's attention from the second copy
+    to the token after the first occurrence, and the loss on the first vs repeated copy. The
+    first survey of in-context copying."""
     state = state_of(ctx)
     target = state.plots.target(plot, "induction", plot_path)
     with state.using(model) as entry:
