@@ -19,8 +19,9 @@ class DLAResult(Result):
     baseline: str | None
     by: str
     total: float  # logit(answer) - logit(baseline) from the model's logits
-    contributions: list[tuple[str, float]]  # the top components by |contribution|, in that order
-    rest: float  # sum of the components not listed
+    contributions: list[tuple[str, float]]  # the top components by |contribution| (by="head": heads only)
+    others: list[tuple[str, float]] | None = None  # by="head": the top other terms (MLPs, embeddings, biases)
+    rest: float  # sum of the components not listed (in contributions or others)
     constant: float  # the final norm's bias and b_U, which no component owns
     head_grid: list[list[float]] | None = None  # [layer][head] when by == "head"
     layer_labels: list[str] | None = None  # the ordered components when by is "layer" or "component"
@@ -34,7 +35,10 @@ class DLAResult(Result):
         lines = [f"direct logit attribution by {self.by} to {self.metric} at position {self.position} "
                  f"({self.str_tokens[self.position]!r}): total {self.total:.3f}"]
         lines += [f"  {label:>14}  {value:+.3f}" for label, value in self.contributions]
-        listed = sum(v for _, v in self.contributions)
+        if self.others:
+            lines.append("  and the other components (MLPs, embeddings):")
+            lines += [f"  {label:>14}  {value:+.3f}" for label, value in self.others]
+        listed = sum(v for _, v in self.contributions + (self.others or []))
         lines.append(f"  listed {listed:+.3f}, the rest {self.rest:+.3f}, bias terms {self.constant:+.3f} "
                      f"(sum {listed + self.rest + self.constant:+.3f} = total)")
         return "\n".join(lines)
@@ -46,6 +50,11 @@ def _rename(label: str) -> str:
         layer, kind = label.split("_", 1)
         return f"L{layer} {kind.removesuffix('_out')}"
     return {"bias": "attn+mlp biases"}.get(label, label)
+
+
+def _is_head(label: str) -> bool:
+    """'L9H6' (a head), not 'L9 mlp', 'embed', ..."""
+    return label.startswith("L") and "H" in label and " " not in label
 
 
 @torch.no_grad()
@@ -84,8 +93,14 @@ def direct_logit_attribution(model, prompt, answer, baseline=None, by: By = "lay
     if error > 1e-3 * max(1.0, abs(total.item())):
         raise RuntimeError(f"direct logit attribution does not add up: components sum to "
                            f"{values.sum().item() + constant:.5f}, the logits give {total.item():.5f}")
-    order = values.abs().argsort(descending=True)
-    shown = order[:top_k]
+    order = values.abs().argsort(descending=True).tolist()
+    if by == "head":  # heads and the rest ranked apart, so an MLP or the embedding cannot hide the heads
+        is_head = [_is_head(label) for label in labels]
+        shown = [i for i in order if is_head[i]][:top_k]
+        others = [i for i in order if not is_head[i]][:top_k]
+    else:
+        shown, others = order[:top_k], []
+    listed = set(shown) | set(others)
     grid = None
     if by == "head":
         H = model.cfg.n_heads
@@ -96,6 +111,7 @@ def direct_logit_attribution(model, prompt, answer, baseline=None, by: By = "lay
     return DLAResult(
         prompt=text, str_tokens=str_tokens(model, tokens), position=position, answer=token_str(model, answer_id),
         baseline=None if baseline_id is None else token_str(model, baseline_id), by=by, total=total.item(),
-        contributions=[(labels[i], values[i].item()) for i in shown.tolist()],
-        rest=values[order[top_k:]].sum().item(), constant=constant, head_grid=grid,
+        contributions=[(labels[i], values[i].item()) for i in shown],
+        others=[(labels[i], values[i].item()) for i in others] if by == "head" else None,
+        rest=sum(values[i].item() for i in order if i not in listed), constant=constant, head_grid=grid,
         layer_labels=labels if ordered else None, layer_values=values.tolist() if ordered else None)

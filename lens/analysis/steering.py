@@ -60,6 +60,7 @@ class SteeredGeneration(Result):
     coefficient: float
     text: str  # the continuation only
     logit_shifts: dict[str, float]  # token → steered − unsteered logit at the prompt's last position
+    metric_shift: float | None = None  # with answer/baseline: the shift of logit(answer) − logit(baseline) there
 
 
 class SteeringResult(Result):
@@ -74,7 +75,8 @@ class SteeringResult(Result):
                  f"on {self.prompt!r}"]
         for g in self.generations:
             shifts = ", ".join(f"{tok!r} {shift:+.2f}" for tok, shift in g.logit_shifts.items())
-            lines.append(f"  ×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else ""))
+            moved = "" if g.metric_shift is None else f"   metric shift {g.metric_shift:+.2f}"
+            lines.append(f"  ×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else "") + moved)
         return "\n".join(lines)
 
 
@@ -99,12 +101,15 @@ def steering_hook(vector: torch.Tensor, coefficient: float, positions: SteerPosi
 def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Sequence[float] = (0.0, 4.0, 8.0),
           hook: str = "resid_post", positions: SteerPositions | Sequence[int] = "all", max_new_tokens: int = 20,
           seed: int = 0, do_sample: bool = False, temperature: float = 1.0,
-          tokens: Sequence[str | int] = ()) -> SteeringResult:
+          tokens: Sequence[str | int] = (), answer: str | int | None = None,
+          baseline: str | int | None = None) -> SteeringResult:
     """Generate from `prompt` with coefficient × vector added at `hook` of `layer`, once per coefficient.
 
     positions: "all", "prompt" (the prompt's positions only), "generated", or a list of absolute
     positions. Greedy by default; with do_sample each coefficient samples with the same seed.
-    `tokens`: report how much each one's logit at the prompt's last position moves."""
+    `tokens`: report how much each one's logit at the prompt's last position moves; `answer` (and
+    `baseline`): how much logit(answer) − logit(baseline) moves there (the answer's logit alone without a
+    baseline), per coefficient."""
     layer = in_range(layer, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers")
     name = act_name(hook, layer)
     model._hooks.resolve(name)
@@ -116,6 +121,10 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
         raise ValueError(f"positions must be 'all', 'prompt', 'generated' or a list of positions, not {positions!r}")
     ids = prompt_tokens(model, prompt)
     token_ids = [token_id(model, t) for t in tokens]
+    if baseline is not None and answer is None:
+        raise ValueError("a baseline is compared with an answer: give answer too")
+    answer_id = None if answer is None else token_id(model, answer)
+    baseline_id = None if baseline is None else token_id(model, baseline)
     with torch.no_grad():
         base_logits = model(ids)[0, -1]
     generations = []
@@ -128,7 +137,12 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
         text = model.to_string(out[0, ids.shape[1]:]) if model.tokenizer is not None else str(
             out[0, ids.shape[1]:].tolist())
         shifts = {token_str(model, t): float(logits[t] - base_logits[t]) for t in token_ids}
-        generations.append(SteeredGeneration(coefficient=float(coefficient), text=text, logit_shifts=shifts))
+        metric_shift = None
+        if answer_id is not None:
+            moved = logits - base_logits
+            metric_shift = float(moved[answer_id] - (0 if baseline_id is None else moved[baseline_id]))
+        generations.append(SteeredGeneration(coefficient=float(coefficient), text=text, logit_shifts=shifts,
+                                             metric_shift=metric_shift))
     return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=name,
                           positions=positions if isinstance(positions, str) else str(list(positions)),
                           vector_norm=float(vector.norm()), generations=generations)

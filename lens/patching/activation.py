@@ -230,4 +230,5 @@ def patch(model, clean, corrupted, metric, what: What = "resid_pre", positions: 
     scores = sweep.values.view([len(c) for c in coords])
     return patch_result("activation patching", what, metric_name(metric), prompt_text(model, clean, clean_tokens[:1]),
                         prompt_text(model, corrupted, corrupted_tokens[:1]), scores, clean_value, sweep.base_value,
-                        axes, coords, str_tokens(model, corrupted_tokens[:1]), top_k)
+                        axes, coords, str_tokens(model, clean_tokens[:1]), top_k,
+                        corrupted_str_tokens=str_tokens(model, corrupted_tokens[:1]))

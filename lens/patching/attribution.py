@@ -56,5 +56,6 @@ def attribution_patch(model, clean, corrupted, metric, what: What = "resid_pre",
     return patch_result("attribution patching (first-order estimate)", what, metric_name(metric),
                         prompt_text(model, clean, clean_tokens[:1]),
                         prompt_text(model, corrupted, corrupted_tokens[:1]),
-                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, corrupted_tokens[:1]),
-                        top_k)
+                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, clean_tokens[:1]),
+                        top_k,
+                        corrupted_str_tokens=str_tokens(model, corrupted_tokens[:1]))

@@ -136,5 +136,6 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
     return patch_result(f"path patching{' (direct paths only)' if freeze_mlps else ''}", what, metric_name(metric),
                         prompt_text(model, clean, clean_tokens[:1]),
                         prompt_text(model, corrupted, corrupted_tokens[:1]),
-                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, corrupted_tokens[:1]),
-                        top_k, names)
+                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, clean_tokens[:1]),
+                        top_k, names,
+                        corrupted_str_tokens=str_tokens(model, corrupted_tokens[:1]))
