@@ -4,8 +4,9 @@ Every byte of a definition sits in the agent's context on every turn, so the pub
 schema keeps what tells the agent how to call (types, enums, defaults, meaningful bounds, one
 description per argument) and drops what pydantic adds for other readers: titles, the
 `anyOf [X, null]` wrapping and `default: null` of optional arguments (leaving one out gives
-its default), descriptions repeated on an argument's items, and the size guards (string
-lengths, patterns, bounds of 1000 or more) that only stop runaway input. The guards still apply: arguments are validated
+its default), descriptions repeated on an argument's items, and the guards that only stop
+runaway or nonsense input (string lengths and patterns, bounds of 100 or more, lower bounds of
+0 or 1). The guards still apply: arguments are validated
 by the pydantic model built from the signature, not by this schema.
 """
 
@@ -19,7 +20,7 @@ from mcp_types import ToolAnnotations
 
 from mcp_server.errors import tool
 
-GUARD = 1000  # a numeric bound at least this large is a guard, not usage information
+GUARD = 100  # a numeric bound at least this large is a guard, not usage information
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _STRING_GUARDS = ("maxLength", "minLength", "pattern")
 
@@ -27,7 +28,11 @@ _STRING_GUARDS = ("maxLength", "minLength", "pattern")
 def _is_guard(key: str, value: Any) -> bool:
     if key in _STRING_GUARDS:
         return True
-    return key in ("minimum", "maximum", "maxItems") and isinstance(value, int | float) and abs(value) >= GUARD
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    if key in ("minimum", "exclusiveMinimum", "minItems"):  # 0 or 1 only refuses nonsense (a count below one)
+        return value in (0, 1) or abs(value) >= GUARD
+    return key in ("maximum", "maxItems") and abs(value) >= GUARD
 
 
 def _nullable(node: dict) -> dict | None:
@@ -70,6 +75,7 @@ def compact_schema(node: Any, described: bool = False) -> Any:
 def definition(fn, annotations: ToolAnnotations) -> Tool:
     """The SDK's Tool for a lens tool function (wrapped by `errors.tool`), its input schema compacted."""
     built = Tool.from_function(tool(fn), annotations=annotations)
+    built.description = " ".join(built.description.split())  # a docstring's line breaks and indents
     built.parameters = compact_schema(built.parameters)
     return built
 

@@ -21,7 +21,7 @@ from pydantic import Field
 from mcp_server.schemas import Plot
 
 URI_PREFIX = "lens://plots/"
-PlotPath = Annotated[str | None, Field(max_length=300, description="PNG name inside the output folder")]
+PlotPath = Annotated[str | None, Field(max_length=300)]  # a PNG name inside the output folder
 DrawPlot = bool  # False skips drawing (faster when only the numbers are needed)
 
 _drawing = threading.Lock()

@@ -23,8 +23,15 @@ Mechanistic interpretability of transformer language models with lens (Transform
 Typical flow: load_model → tokenize (check answers are single tokens) → run_with_cache / logit_lens /
 logit_attribution to see what the model does → patch / attribution_patch / ablate / path_patch for
 causal evidence → attention_pattern on the heads found. Results are compact summaries with a one-line
-interpretation; plots are PNG paths (also resources under lens://plots/). Calls that name no model use
-the model load_model returned last (the default model on first use)."""
+interpretation that leads with the finding; plots are PNG paths (also resources under lens://plots/).
+Arguments the tools share: model (a handle or alias; default: the model load_model returned last, the
+default model on first use); top_k (entries returned); detail (every entry instead of a window: a
+larger answer); plot (False skips drawing) and plot_path (a PNG name inside the output folder).
+Positions and layers count from 0, negative ones from the end (-1 = last); a list left out means all.
+Answers are single tokens, usually with their leading space (' Mary'); baseline is the competing
+token. corrupted: the clean prompt with the key information changed, same token count. metric:
+logit_diff (logit(answer) - logit(baseline), at the last token), probability (p(answer)), or loss
+(mean next-token loss of the prompt's own tokens over span = [first, last] predicting position)."""
 
 
 def create_server(settings: Settings | None = None, models: dict[str, HookedTransformer] | None = None) -> MCPServer:

@@ -15,8 +15,7 @@ from mcp_server.schemas import ModelRef, Num, Part, Prompt, Token, ToolResult
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import STORING
 
-ContrastPrompts = Annotated[list[Prompt] | None, Field(min_length=1, max_length=64, description=(
-    "prompts showing the behaviour (positive) or its opposite (negative); the vector is their mean difference"))]
+ContrastPrompts = Annotated[list[Prompt] | None, Field(min_length=1, max_length=64)]
 Coefficient = Annotated[float, Field(ge=-1000, le=1000)]
 
 
@@ -44,28 +43,23 @@ def steer(
     prompt: Prompt,
     positive: ContrastPrompts = None,
     negative: ContrastPrompts = None,
-    vector: Annotated[str | None, Field(max_length=100, description="a stored vector's handle instead of prompts")] = None,
-    layer: Annotated[int | None, Field(ge=-1000, le=1000, description=(
-        "the layer to read and add the vector at; default: the stored vector's, else the middle layer"))] = None,
+    vector: Annotated[str | None, Field(max_length=100, description="a stored vector's handle")] = None,
+    layer: Annotated[int | None, Field(ge=-1000, le=1000, description="default: the vector's, else the middle")] = None,
     hook: Annotated[Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"] | None, Field(
-        description="where to read and add the vector; default: the stored vector's, else resid_post")] = None,
-    position: Annotated[Literal["mean", "last"], Field(description=(
-        "each contrast prompt contributes its mean over positions or its last position"))] = "mean",
-    coefficients: Annotated[list[Coefficient], Field(min_length=1, max_length=8, description=(
-        "multiples of the vector to add; 0 gives the unsteered text"))] = (0.0, 4.0, 8.0),
+        description="default: the vector's, else resid_post")] = None,
+    position: Annotated[Literal["mean", "last"], Field(description="of each contrast prompt")] = "mean",
+    coefficients: Annotated[list[Coefficient], Field(min_length=1, max_length=8)] = (0.0, 4.0, 8.0),
     positions: Annotated[Literal["all", "prompt", "generated"], Field(description="where the vector is added")] = "all",
     max_new_tokens: Annotated[int, Field(ge=1, le=128)] = 20,
     do_sample: bool = False,
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
-    tokens: Annotated[list[Token], Field(max_length=10, description="tokens whose logit shifts to report")] = (),
+    tokens: Annotated[list[Token], Field(max_length=10, description="report these tokens' logit shifts")] = (),
     model: ModelRef = None,
 ) -> Steering:
-    """Activation steering: add coefficient x a steering vector to the residual stream at one layer
-    while generating, for each coefficient, and report each continuation and how chosen tokens'
-    logits move. The vector is the mean activation difference between positive and negative
-    prompts (stored under a handle for reuse), or a stored one. Use it to test whether a
-    direction controls a behaviour (e.g. positive 'I love this' vs negative 'I hate this')."""
+    """Activation steering: generate with coefficient x vector added at one layer (0 = unsteered);
+    per coefficient the text and logit shifts. The vector: mean activation of positive minus
+    negative prompts ('I love this' / 'I hate this'), stored under a handle for reuse."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
