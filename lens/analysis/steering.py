@@ -4,6 +4,10 @@
 and negative prompts ("activation addition", Turner et al. 2023); `steer` adds
 coefficient × vector at that hook while the model generates and reports, per
 coefficient, the text and how the logits of chosen tokens moved at the prompt's end.
+
+`steer` runs every coefficient (and every layer, when given several) as one row of a
+single batched generation, plus an unsteered row the logit shifts are measured
+against: K settings cost one generation of K + 1 rows, not K generations.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def steering_vector(model, positive_prompts: Sequence[str] | str, negative_promp
 
 class SteeredGeneration(Result):
     coefficient: float
+    layer: int
     text: str  # the continuation only
     logit_shifts: dict[str, float]  # token → steered − unsteered logit at the prompt's last position
     metric_shift: float | None = None  # with answer/baseline: the shift of logit(answer) − logit(baseline) there
@@ -75,16 +80,20 @@ class SteeringResult(Result):
                  f"on {self.prompt!r}"]
         for g in self.generations:
             shifts = ", ".join(f"{tok!r} {shift:+.2f}" for tok, shift in g.logit_shifts.items())
+            where = f"L{g.layer} " if len({h.layer for h in self.generations}) > 1 else ""
             moved = "" if g.metric_shift is None else f"   metric shift {g.metric_shift:+.2f}"
-            lines.append(f"  ×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else "") + moved)
+            lines.append(f"  {where}×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else "")
+                         + moved)
         return "\n".join(lines)
 
 
-def steering_hook(vector: torch.Tensor, coefficient: float, positions: SteerPositions | Sequence[int],
+def steering_hook(vector: torch.Tensor, coefficient: float | torch.Tensor, positions: SteerPositions | Sequence[int],
                   prompt_len: int):
-    """A forward hook adding coefficient × vector at the chosen absolute positions (see hook.ctx)."""
+    """A forward hook adding coefficient × vector at the chosen absolute positions (see hook.ctx);
+    coefficient: one number, or one per batch row [batch]."""
     def add(x: torch.Tensor, hook) -> torch.Tensor:
-        delta = (coefficient * vector).to(x.dtype)
+        coef = torch.as_tensor(coefficient, dtype=x.dtype, device=x.device)
+        delta = (coef.view(-1, 1, 1) if coef.dim() else coef) * vector.to(x.dtype)  # [batch or 1, 1, d_model]
         if positions == "all":
             return x + delta
         pos = hook.ctx.positions  # [batch, pos] absolute positions of this step
@@ -98,21 +107,26 @@ def steering_hook(vector: torch.Tensor, coefficient: float, positions: SteerPosi
     return add
 
 
-def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Sequence[float] = (0.0, 4.0, 8.0),
-          hook: str = "resid_post", positions: SteerPositions | Sequence[int] = "all", max_new_tokens: int = 20,
-          seed: int = 0, do_sample: bool = False, temperature: float = 1.0,
-          tokens: Sequence[str | int] = (), answer: str | int | None = None,
-          baseline: str | int | None = None) -> SteeringResult:
-    """Generate from `prompt` with coefficient × vector added at `hook` of `layer`, once per coefficient.
+def steer(model, prompt: str, vector: torch.Tensor, layer: int | Sequence[int],
+          coefficients: Sequence[float] = (0.0, 4.0, 8.0), hook: str = "resid_post",
+          positions: SteerPositions | Sequence[int] = "all", max_new_tokens: int = 20, seed: int = 0,
+          do_sample: bool = False, temperature: float = 1.0, tokens: Sequence[str | int] = (),
+          answer: str | int | None = None, baseline: str | int | None = None) -> SteeringResult:
+    """Generate from `prompt` with coefficient × vector added at `hook` of `layer` (or of each of several
+    layers), for every coefficient, all in one batched generation.
 
     positions: "all", "prompt" (the prompt's positions only), "generated", or a list of absolute
-    positions. Greedy by default; with do_sample each coefficient samples with the same seed.
-    `tokens`: report how much each one's logit at the prompt's last position moves; `answer` (and
-    `baseline`): how much logit(answer) − logit(baseline) moves there (the answer's logit alone without a
-    baseline), per coefficient."""
-    layer = in_range(layer, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers")
-    name = act_name(hook, layer)
-    model._hooks.resolve(name)
+    positions. Greedy by default (each row generates what it would alone); with do_sample the rows draw
+    from one seeded generator. `tokens`: report how much each one's logit at the prompt's last position
+    moves from the unsteered run; `answer` (and `baseline`): how much logit(answer) − logit(baseline)
+    moves there (the answer's logit alone without a baseline)."""
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    if not layers:
+        raise ValueError("give a layer, or a list of layers")
+    layers = [in_range(l, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers") for l in layers]
+    names = {l: act_name(hook, l) for l in layers}
+    for name in names.values():
+        model._hooks.resolve(name)
     vector = torch.as_tensor(vector, device=model.device).detach()
     if vector.shape != (model.cfg.d_model,):
         raise ValueError(f"the steering vector must have shape [d_model] = [{model.cfg.d_model}], "
@@ -125,24 +139,32 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
         raise ValueError("a baseline is compared with an answer: give answer too")
     answer_id = None if answer is None else token_id(model, answer)
     baseline_id = None if baseline is None else token_id(model, baseline)
-    with torch.no_grad():
-        base_logits = model(ids)[0, -1]
+    settings = [(l, float(c)) for l in layers for c in coefficients]
+    # row 0 is unsteered (the reference for the logit shifts); row 1 + k carries setting k
+    hooks = []
+    for l, name in names.items():
+        coef = torch.tensor([0.0] + [c if sl == l else 0.0 for sl, c in settings], device=model.device)
+        hooks.append((name, steering_hook(vector, coef, positions, ids.shape[1])))
+    batch = ids.expand(len(settings) + 1, -1)
+    with torch.no_grad(), model.hooks(hooks):
+        logits = model(batch)[:, -1]  # [1 + settings, d_vocab] at the prompt's last position
+        out = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                             seed=seed, verbose=False)
     generations = []
-    for coefficient in coefficients:
-        hooks = [(name, steering_hook(vector, float(coefficient), positions, ids.shape[1]))]
-        with torch.no_grad(), model.hooks(hooks):
-            logits = model(ids)[0, -1]
-            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                 seed=seed, verbose=False)
-        text = model.to_string(out[0, ids.shape[1]:]) if model.tokenizer is not None else str(
-            out[0, ids.shape[1]:].tolist())
-        shifts = {token_str(model, t): float(logits[t] - base_logits[t]) for t in token_ids}
-        metric_shift = None
-        if answer_id is not None:
-            moved = logits - base_logits
-            metric_shift = float(moved[answer_id] - (0 if baseline_id is None else moved[baseline_id]))
-        generations.append(SteeredGeneration(coefficient=float(coefficient), text=text, logit_shifts=shifts,
+    prompt_untouched = positions == "generated" or (
+        not isinstance(positions, str) and all(int(p) >= ids.shape[1] for p in positions))
+    for k, (l, coefficient) in enumerate(settings, start=1):
+        new = out[k, ids.shape[1]:]
+        text = model.to_string(new) if model.tokenizer is not None else str(new.tolist())
+        # A row whose prompt the steering leaves alone has the unsteered logits there: its shift is 0 exactly,
+        # not the last-bit difference between two rows of one batched matmul.
+        same = prompt_untouched or coefficient == 0.0
+        shifts = {token_str(model, t): 0.0 if same else float(logits[k, t] - logits[0, t]) for t in token_ids}
+        moved = logits[k] - logits[0]
+        metric_shift = None if answer_id is None else 0.0 if same else \
+            float(moved[answer_id] - (0 if baseline_id is None else moved[baseline_id]))
+        generations.append(SteeredGeneration(coefficient=coefficient, layer=l, text=text, logit_shifts=shifts,
                                              metric_shift=metric_shift))
-    return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=name,
+    return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=names[layers[0]],
                           positions=positions if isinstance(positions, str) else str(list(positions)),
                           vector_norm=float(vector.norm()), generations=generations)
