@@ -1,6 +1,5 @@
 """Every MCP tool through a real in-process mcp.Client, on a tiny random model, checked against the lens call it wraps."""
 
-import json
 from pathlib import Path
 
 import anyio
