@@ -57,8 +57,8 @@ def test_every_tool_has_a_description_input_constraints_an_output_schema_and_ann
         assert t.annotations.read_only_hint == (t.name in READ_ONLY), t.name
         assert bool(t.annotations.destructive_hint) == (t.name == "release"), t.name
         assert t.input_schema["type"] == "object"
-    schema = next(t for t in tools if t.name == "generate").input_schema["properties"]["max_new_tokens"]
-    assert schema["minimum"] == 1 and schema["maximum"] == 512, schema
+    schema = next(t for t in tools if t.name == "generate").input_schema["properties"]["temperature"]
+    assert schema["maximum"] == 10 and schema["default"] == 1.0, schema  # a bound that informs is published
 
 
 def test_the_default_model_loads_on_first_use_and_load_model_makes_a_model_current(server, model):
@@ -143,20 +143,31 @@ def test_logit_lens_matches_lens(server, model):
     result = run(server, lambda c: ok(c, "logit_lens", {"prompt": IOI_CLEAN, "targets": [" Mary"], "top_k": 2,
                                                        "plot": False}))
     expected = logit_lens(model, IOI_CLEAN, targets=[" Mary"], top_k=2)
-    assert [layer["layer"] for layer in result["layers"]] == ["embed", "L0", "L1", "L2"]
-    for got, want in zip(result["layers"], expected.layers, strict=True):
-        assert got["top"] == [t for t, _ in want.top] and got["target_ranks"] == [want.targets[0].rank]
-        assert close(got["target_probs"][0], want.targets[0].prob)
+    assert result["layers"] == ["embed", "L0", "L1", "L2"] and result["targets"] == [" Mary"]
+    assert result["top"] == [[t for t, _ in want.top] for want in expected.layers]
+    assert result["ranks"] == [[want.targets[0].rank for want in expected.layers]]
+    assert all(close(got, want.targets[0].prob) for got, want in zip(result["probs"][0], expected.layers, strict=True))
     assert result["plot"] is None
 
 
-def test_attention_pattern_reports_where_each_query_attends_most(server, model):
-    result = run(server, lambda c: ok(c, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2", "l0h3"]}))
+def test_attention_pattern_reports_each_querys_top_keys_without_the_sink(server, model):
+    async def scenario(client):
+        return (await ok(client, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2", "l0h3"], "top_k": 3}),
+                await ok(client, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2"], "skip_first": False,
+                                                       "top_k": 1, "plot": False}))
+    result, with_sink = run(server, scenario)
     expected = attention_patterns(model, IOI_CLEAN, [(1, 2), (0, 3)])
+    n = len(expected.str_tokens)
     for got, want in zip(result["heads"], expected.heads, strict=True):
-        assert got["attends_to"] == [k for _, k, _ in want.strongest]
-        assert all(close(a, w) for a, (_, _, w) in zip(got["weights"], want.strongest, strict=True))
+        pattern = torch.tensor(want.pattern)  # [q, k]
+        assert got["keys"][0] == [0] and len(got["keys"]) == n  # query 0 sees only key 0
+        for q in range(1, n):
+            keys = pattern[q, 1:q + 1].argsort(descending=True)[:3] + 1  # the sink (key 0) left out
+            assert got["keys"][q] == keys.tolist(), (q, got["keys"][q], keys)
+            assert all(close(w, pattern[q, k].item()) for w, k in zip(got["weights"][q], keys.tolist(), strict=True))
+            assert close(got["first"][q], pattern[q, 0].item())
     assert [h["head"] for h in result["heads"]] == ["L1H2", "L0H3"] and result["plot"]["path"].endswith(".png")
+    assert with_sink["heads"][0]["keys"] == [[k] for _, k, _ in expected.heads[0].strongest]
 
 
 def test_head_finders_rank_heads_as_lens_does(server, model):
