@@ -11,8 +11,14 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from lens.analysis.common import Result
+
+class Result(BaseModel):  # as lens.analysis.common.Result, which imports the analyses that use these figures
+    model_config = ConfigDict(extra="forbid")
+
+    def __str__(self) -> str:
+        return self.summary()
 
 Z_975 = 1.959963984540054  # the normal distribution's 97.5% quantile
 T_975_SMALL = (float("nan"), 12.706204736174694, 4.302652729749462, 3.182446305283708, 2.776445105197793,
