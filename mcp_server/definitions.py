@@ -35,20 +35,33 @@ def _is_guard(key: str, value: Any) -> bool:
     return key in ("maximum", "maxItems") and abs(value) >= GUARD
 
 
-def _nullable(node: dict) -> dict | None:
-    """`anyOf [X, {type: null}]` as one node: X alone where null is the default (leaving the argument
-    out is how to get it), else type [X's type, "null"]; None where X has no plain type."""
-    options = node.get("anyOf", [])
-    others = [o for o in options if o != {"type": "null"}]
-    if len(options) != 2 or len(others) != 1 or not isinstance(others[0].get("type"), str):
+def _options(node: dict) -> list[dict]:
+    """The options of a (nested) anyOf, flattened."""
+    out = []
+    for option in node["anyOf"]:
+        out += _options(option) if set(option) == {"anyOf"} else [option]
+    return out
+
+
+def _merged(node: dict) -> dict | None:
+    """An anyOf of plainly typed options as one node of their types: `anyOf [string, array of string,
+    null]` → `type [string, array], items {...}`, the null left out where it is the default (leaving the
+    argument out gives it). None where the options cannot merge (an enum beside other types, one type
+    twice, keys that would clash)."""
+    if "anyOf" not in node:
         return None
-    merged = {**others[0], **{k: v for k, v in node.items() if k != "anyOf"}}
-    if "default" in merged and merged["default"] is None:
-        del merged["default"]
-        return merged
-    merged["type"] = [others[0]["type"], "null"]
-    if "enum" in merged:
-        merged["enum"] = [*merged["enum"], None]
+    options = _options(node)
+    if node.get("default", 0) is None:
+        options = [o for o in options if o != {"type": "null"}]
+    types = [o.get("type") for o in options]
+    if not all(isinstance(t, str) for t in types) or len(set(types)) != len(types):
+        return None
+    keys = [k for o in options for k in o if k != "type"]
+    if len(keys) != len(set(keys)) or ("enum" in keys and len(options) > 1):
+        return None
+    merged = {k: v for o in options for k, v in o.items() if k != "type"}
+    merged["type"] = types[0] if len(types) == 1 else types
+    merged.update({k: v for k, v in node.items() if k != "anyOf" and not (k == "default" and v is None)})
     return merged
 
 
@@ -58,7 +71,7 @@ def compact_schema(node: Any, described: bool = False) -> Any:
         return [compact_schema(n, described) for n in node]
     if not isinstance(node, dict):
         return node
-    node = _nullable(node) or node
+    node = _merged(node) or node
     out = {}
     for key, value in node.items():
         if key == "title" or _is_guard(key, value) or (key == "description" and described):

@@ -31,7 +31,11 @@ Positions and layers count from 0, negative ones from the end (-1 = last); a lis
 Answers are single tokens, usually with their leading space (' Mary'); baseline is the competing
 token. corrupted: the clean prompt with the key information changed, same token count. metric:
 logit_diff (logit(answer) - logit(baseline), at the last token), probability (p(answer)), or loss
-(mean next-token loss of the prompt's own tokens over span = [first, last] predicting position)."""
+(mean next-token loss of the prompt's own tokens over span = [first, last] predicting position).
+Claims over many prompts: the prompt arguments (clean, corrupted, prompt, answer, baseline) also take
+lists, one entry per row (answer and baseline may stay one string for all rows), or dataset=<handle
+from the dataset tool>; positions may then name a position of every row ('S2', 'END'). Results give
+means with their spread (95% interval, how many rows agree in sign) and the rows used and dropped."""
 
 
 def create_server(settings: Settings | None = None, models: dict[str, HookedTransformer] | None = None) -> MCPServer:

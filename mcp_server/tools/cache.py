@@ -69,8 +69,8 @@ def run_with_cache(
     detail: Detail = False,
     model: ModelRef = None,
 ) -> CacheSummary:
-    """Run a prompt and keep its activations under a cache handle for get_activation; the top next
-    tokens, residual norm per layer and cache size. Look at a prompt here before choosing an analysis."""
+    """Run a prompt, keeping its activations under a handle for get_activation; the top next tokens
+    and residual norm per layer. A first look at a prompt."""
     state = state_of(ctx)
     with state.using(model) as entry, torch.no_grad():
         m = entry.model

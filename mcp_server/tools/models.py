@@ -104,9 +104,8 @@ def load_model(
     center_unembed: bool = False,
     fold_value_biases: bool = False,
 ) -> ModelInfo:
-    """Load a model (or return it if loaded) and make it current for calls naming no model; its
-    handle, shape and hook names. Processing flags are TransformerLens's, off so activations
-    equal HF's; least recently used models may be unloaded to fit."""
+    """Load a model (or return it if loaded) and make it current; its handle, shape and hook names.
+    TransformerLens's processing flags, off: activations equal HF's."""
     state = state_of(ctx)
     entry, fresh = state.load(name, dtype, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                               center_unembed=center_unembed, fold_value_biases=fold_value_biases)
@@ -148,8 +147,8 @@ def tokenize(
     detail: Detail = False,
     model: ModelRef = None,
 ) -> Tokenization:
-    """Tokens and positions as the model sees the text (with BOS where it adds one), and whether
-    answers are single tokens, as answer-scoring tools need. Use before choosing positions or answers."""
+    """Tokens and positions as the model sees the text (BOS included), and whether answers are
+    single tokens. Use before choosing positions or answers."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
