@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import ToolAnnotations
+from pydantic import ValidationError
 
 from mcp_server.errors import tool
 
@@ -85,9 +87,37 @@ def compact_schema(node: Any, described: bool = False) -> Any:
     return out
 
 
+class LensTool(Tool):
+    """The SDK's Tool, except that a list sent where one string goes is refused with how to pass several
+    (pydantic alone says "Input should be a valid string")."""
+
+    async def run(self, arguments, context, convert_result: bool = False):
+        try:
+            self.fn_metadata.validate_arguments(arguments)
+        except ValidationError as error:
+            hint = list_hint(self.name, error)
+            if hint:
+                raise ToolError(f"Error executing tool {self.name}: {hint}") from error
+        return await super().run(arguments, context, convert_result)
+
+
+SET_TOOLS = "patch, attribution_patch, path_patch, ablate, logit_attribution"
+
+
+def list_hint(tool_name: str, error: ValidationError) -> str | None:
+    """What to do instead, where the agent sent a list to an argument that takes one string."""
+    for problem in error.errors():
+        if problem["type"] == "string_type" and isinstance(problem.get("input"), list) and len(problem["loc"]) == 1:
+            name = problem["loc"][0]
+            return (f"{name} takes one string in {tool_name}, not a list. To run several prompts, call "
+                    f"{tool_name} once per prompt, or use a tool that takes lists under its prompt arguments "
+                    f"(one entry per row) or dataset=<handle from the dataset tool>: {SET_TOOLS}")
+    return None
+
+
 def definition(fn, annotations: ToolAnnotations) -> Tool:
     """The SDK's Tool for a lens tool function (wrapped by `errors.tool`), its input schema compacted."""
-    built = Tool.from_function(tool(fn), annotations=annotations)
+    built = LensTool.from_function(tool(fn), annotations=annotations)
     built.description = " ".join(built.description.split())  # a docstring's line breaks and indents
     built.parameters = compact_schema(built.parameters)
     return built

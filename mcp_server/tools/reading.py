@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from lens import plots
@@ -30,34 +31,54 @@ from mcp_server.schemas import (
     token_window,
     warned,
 )
+from mcp_server.sets import (
+    DatasetRef,
+    Rows,
+    SetInfo,
+    SpreadPart,
+    TokenRows,
+    figure,
+    prompt_set,
+    rows_said,
+    set_info,
+    spread_part,
+)
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import PLOTTING
 
 
 class Contribution(Part):
     component: str = Field(description="'L9H6' (head), 'L9 attn' / 'L9 mlp', 'L9' (layer), 'L9N123' (neuron), 'embed'")
-    value: Num
+    value: Num = Field(description="mean over rows for a set")
+    spread: SpreadPart | None = None
 
 
 class LogitAttribution(ToolResult):
     metric: str
     position: int
-    token: str = Field(description="the token at that position")
+    token: str = Field(description="the token at that position (a set: the position's name)")
     by: str
     total: Num = Field(description="the metric from the model's logits")
     contributions: list[Contribution] = Field(description="the largest by |value| (by='head': heads only)")
     others: list[Contribution] | None = Field(description="by='head': the largest MLPs, embeddings, biases")
     rest: Num = Field(description="the sum of the contributions not listed")
     constant: Num = Field(description="bias terms no component owns (final norm bias, b_U)")
+    set: SetInfo | None = Field(description="over a set: rows used and dropped")
     warnings: list[str] | None = Field(description="e.g. an answer typed without its leading space")
     plot: Plot | None
 
 
+def _parts(pairs, spreads) -> list[Contribution]:
+    spreads = spreads or [None] * len(pairs)
+    return [Contribution(component=c, value=v, spread=spread_part(s)) for (c, v), s in zip(pairs, spreads, strict=True)]
+
+
 def logit_attribution(
     ctx: Context,
-    prompt: Prompt,
-    answer: Token,
-    baseline: Annotated[Token | None, Field(description="compare with (logit difference)")] = None,
+    prompt: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     by: Literal["head", "layer", "component", "neuron"] = "head",
     pos: Position = -1,
     top_k: TopK = 10,
@@ -71,22 +92,32 @@ def logit_attribution(
     state = state_of(ctx)
     target = state.plots.target(plot, "dla", plot_path)
     with state.using(model) as entry:
-        result = direct_logit_attribution(entry.model, prompt, answer, baseline, by=by, pos=pos, top_k=top_k)
-        warnings = spacing_warnings(entry.model, prompt, [answer, baseline], pos)
+        ps = prompt_set(state, entry, dataset, prompt, None, answer, baseline, needs_corrupted=False)
+        if ps is None:
+            if answer is None:
+                raise ToolError("give answer (the token to attribute, e.g. ' Paris'), or dataset=<handle>")
+            result = direct_logit_attribution(entry.model, prompt, answer, baseline, by=by, pos=pos, top_k=top_k)
+            warnings = spacing_warnings(entry.model, prompt, [answer, baseline], pos)
+        else:
+            if pos != -1:
+                raise ToolError("over a set, DLA reads each row's last token (END); leave pos at -1")
+            result = direct_logit_attribution(entry.model, ps, by=by, top_k=top_k)
+            warnings = spacing_warnings(entry.model, ps.rows[0].clean, [ps.rows[0].answer, ps.rows[0].baseline])
     drawn = state.plots.draw(lambda path: plots.plot_dla(result, path), target)
     listed = sum(v for _, v in result.contributions + (result.others or []))
-    name, value = result.contributions[0]
+    (name, value), first_spread = result.contributions[0], (result.spreads or [None])[0]
     other = f"; top non-head {result.others[0][0]} {result.others[0][1]:+.3f}" if result.others else ""
     return LogitAttribution(
         model=entry.handle, metric=result.metric, position=result.position,
         token=result.str_tokens[result.position], by=by, total=result.total,
-        contributions=[Contribution(component=c, value=v) for c, v in result.contributions],
-        others=None if result.others is None else [Contribution(component=c, value=v) for c, v in result.others],
-        rest=result.rest, constant=result.constant, warnings=warnings or None, plot=drawn,
+        contributions=_parts(result.contributions, result.spreads),
+        others=None if result.others is None else _parts(result.others, result.other_spreads),
+        rest=result.rest, constant=result.constant, set=set_info(ps), warnings=warnings or None, plot=drawn,
         interpretation=warned(
-            f"{name} contributes {value:+.3f} of the total {result.total:+.3f} ({result.metric}) at position "
-            f"{result.position} ({result.str_tokens[result.position]!r}){other}; listed {listed:+.3f}, the rest "
-            f"{result.rest:+.3f}, bias terms {result.constant:+.3f}", warnings))
+            f"{name} contributes {figure(value, first_spread)} of the total {result.total:+.3f} ({result.metric}) at "
+            f"{'END' if ps is not None else f'position {result.position}'} ({result.str_tokens[result.position]!r})"
+            f"{other}; listed {listed:+.3f}, the rest {result.rest:+.3f}, bias terms {result.constant:+.3f}"
+            f"{rows_said(ps)}", warnings))
 
 
 class LogitLens(ToolResult):
