@@ -279,3 +279,45 @@ def test_calls_on_one_model_run_one_at_a_time(server, model):
     finally:
         model.reset_hooks()
     assert most == 1, f"{most} forwards of one model overlapped"
+
+
+def test_answers_lead_with_the_finding(server, model):
+    """best position per layer, both tokens where the prompts differ, the loss metric, spacing warnings,
+    and steer's metric shift for every coefficient."""
+    logits = model(IOI_CLEAN)[0, -1]
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
+    pairs = [w for w in vocab if w.isalpha() and " " + w in vocab]  # both forms single tokens
+    ranked = {w: (int((logits > logits[vocab.index(" " + w)]).sum()), int((logits > logits[vocab.index(w)]).sum()))
+              for w in pairs}
+    flagged = next(w for w, (spaced, plain) in ranked.items() if spaced < plain)
+    quiet = next(w for w, (spaced, plain) in ranked.items() if spaced > plain)
+
+    async def scenario(client):
+        return (await ok(client, "patch", IOI | {"plot": False}),
+                await ok(client, "ablate", {"prompt": IOI_CLEAN, "metric": "loss", "span": [2, 9], "top_k": 3,
+                                            "plot": False}),
+                await ok(client, "logit_attribution", {"prompt": IOI_CLEAN, "answer": flagged, "plot": False}),
+                await ok(client, "logit_attribution", {"prompt": IOI_CLEAN, "answer": quiet, "plot": False}),
+                await ok(client, "steer", {"prompt": "The cat", "positive": ["Mary gave"], "negative": ["John went"],
+                                           "layer": 1, "coefficients": [0, 3, 6], "answer": " Mary",
+                                           "baseline": " John", "tokens": [" Mary", " John"], "max_new_tokens": 3}))
+    patched, ablated, warned, unwarned, steered = run(server, scenario)
+    want = patching.patch(model, IOI_CLEAN, IOI_CORRUPTED, patching.logit_diff(model, " Mary", " John"), progress=False)
+    normalised = torch.tensor(want.normalised)  # [layer, pos]
+    assert patched["best_pos"] == normalised.argmax(-1).tolist()
+    s2 = next(i for i, (a, b) in enumerate(zip(model.to_str_tokens(IOI_CLEAN), model.to_str_tokens(IOI_CORRUPTED),
+                                                  strict=True)) if a != b)
+    labels = [h["label"] for h in patched["hotspots"] if h["index"][1] == s2]
+    assert labels and all(label.endswith(" ' John'/' Mary'") for label in labels), labels
+    loss = patching.next_token_loss(model, IOI_CLEAN, list(range(2, 10)))
+    expected = patching.ablate(model, IOI_CLEAN, loss, top_k=3, progress=False)
+    assert close(ablated["unablated_value"], expected.baseline) and ablated["metric"] == str(loss)
+    per_token = model(IOI_CLEAN, return_type="loss", loss_per_token=True)[0, 2:10].mean().item()
+    assert close(ablated["unablated_value"], per_token), (ablated["unablated_value"], per_token)
+    assert [h["label"] for h in ablated["hotspots"]] == [h.label for h in expected.top]
+    assert warned["warnings"] and f"' {flagged}'" in warned["warnings"][0] and "WARNING" in warned["interpretation"]
+    assert unwarned["warnings"] is None
+    for g in steered["generations"]:
+        mary, john = (s["shift"] for s in g["logit_shifts"])
+        assert close(g["metric_shift"], mary - john, rel=1e-3), g
+        assert f"x{g['coefficient']:g}:" in steered["interpretation"]

@@ -28,6 +28,7 @@ class SteeredText(Part):
     coefficient: Num
     text: str = Field(description="the continuation only")
     logit_shifts: list[LogitShift]
+    metric_shift: Num | None = Field(None, description="with answer: the shift of logit(answer) - logit(baseline)")
 
 
 class Steering(ToolResult):
@@ -55,6 +56,8 @@ def steer(
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
     tokens: Annotated[list[Token], Field(max_length=10, description="report these tokens' logit shifts")] = (),
+    answer: Annotated[Token | None, Field(description="report logit(answer) - logit(baseline)'s shift")] = None,
+    baseline: Token | None = None,
     model: ModelRef = None,
 ) -> Steering:
     """Activation steering: generate with coefficient x vector added at one layer (0 = unsteered);
@@ -78,17 +81,20 @@ def steer(
             raise ToolError("steer needs positive and negative prompts (to build a vector) or vector=<handle>")
         result = lens_steer(m, prompt, stored.vector, layer, coefficients=coefficients, hook=hook, positions=positions,
                             max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, temperature=temperature,
-                            tokens=tokens)
-    generations = [SteeredText(coefficient=g.coefficient, text=g.text,
+                            tokens=tokens, answer=answer, baseline=baseline)
+    generations = [SteeredText(coefficient=g.coefficient, text=g.text, metric_shift=g.metric_shift,
                                logit_shifts=[LogitShift(token=t, shift=s) for t, s in g.logit_shifts.items()])
                    for g in result.generations]
-    last = generations[-1]
-    shifts = ", ".join(f"{s.token!r} {s.shift:+.2f}" for s in last.logit_shifts)
+    metric = None if answer is None else f"logit({answer!r})" + ("" if baseline is None else f" - logit({baseline!r})")
+
+    def said(g: SteeredText) -> str:
+        moved = "" if g.metric_shift is None else f" ({metric} {g.metric_shift:+.2f})"
+        shifts = ", ".join(f"{s.token!r} {s.shift:+.2f}" for s in g.logit_shifts)
+        return f"x{g.coefficient:g}: {g.text[:40]!r}{moved}" + (f" [{shifts}]" if shifts else "")
     return Steering(model=entry.handle, vector=stored.handle, hook=result.hook, vector_norm=result.vector_norm,
                     positions=result.positions, generations=generations,
-                    interpretation=(f"at coefficient {last.coefficient:g} ({result.hook}, |vector| "
-                                    f"{result.vector_norm:.2f}) the continuation is {last.text[:80]!r}"
-                                    + (f"; logit shifts {shifts}" if shifts else "")))
+                    interpretation=(f"{result.hook}, |vector| {result.vector_norm:.2f}; "
+                                    + "; ".join(said(g) for g in generations)))
 
 
 TOOLS = [(steer, STORING)]
