@@ -55,11 +55,12 @@ def _merged(node: dict) -> dict | None:
     options = _options(node)
     if node.get("default", 0) is None:
         options = [o for o in options if o != {"type": "null"}]
-    types = [o.get("type") for o in options]
-    if not all(isinstance(t, str) for t in types) or len(set(types)) != len(types):
+    typed = [o.get("type") for o in options]
+    if not all(isinstance(t, str | list) for t in typed):
         return None
+    types = [t for each in typed for t in ([each] if isinstance(each, str) else each)]
     keys = [k for o in options for k in o if k != "type"]
-    if len(keys) != len(set(keys)) or ("enum" in keys and len(options) > 1):
+    if len(set(types)) != len(types) or len(keys) != len(set(keys)) or ("enum" in keys and len(options) > 1):
         return None
     merged = {k: v for o in options for k, v in o.items() if k != "type"}
     merged["type"] = types[0] if len(types) == 1 else types
@@ -73,7 +74,10 @@ def compact_schema(node: Any, described: bool = False) -> Any:
         return [compact_schema(n, described) for n in node]
     if not isinstance(node, dict):
         return node
-    node = _merged(node) or node
+    if "anyOf" in node:  # the options compacted first, so nested unions merge from the inside out
+        inner = described or "description" in node
+        node = {**node, "anyOf": [compact_schema(o, inner) for o in node["anyOf"]]}
+        node = _merged(node) or node
     out = {}
     for key, value in node.items():
         if key == "title" or _is_guard(key, value) or (key == "description" and described):

@@ -66,12 +66,15 @@ DEFAULT_CALLS = [("list_models", {}), ("load_model", {}), ("model_info", {}), ("
                  ("run_with_cache", {"prompt": LONG}), ("logit_lens", {"prompt": LONG, "targets": [" Mary"]}),
                  ("logit_attribution", {"prompt": LONG, "answer": " Mary", "by": "neuron"}),
                  ("attention_pattern", {"prompt": LONG, "heads": ["L0H0", "L1H1", "L2H2", "L2H3"]}),
-                 ("find_induction_heads", {}), ("detect_heads", {}),
+                 ("detect_heads", {}), ("detect_heads", {"kind": "previous_token"}),
                  ("patch", {"clean": LONG, "corrupted": LONG.replace("John gave", "Mary gave"), "answer": " Mary",
                             "what": "heads_by_pos"}),
                  ("ablate", {"prompt": LONG, "answer": " Mary", "what": "neurons"}),
                  ("steer", {"prompt": LONG, "positive": ["Mary"], "negative": ["John"]}),
-                 ("generate", {"prompt": LONG, "max_new_tokens": 16})]
+                 ("generate", {"prompt": LONG, "max_new_tokens": 16}),
+                 ("patch", {"clean": [IOI_CLEAN] * 3 + [LONG], "corrupted": [IOI_CORRUPTED] * 3 + [LONG.replace(
+                     "John gave", "Mary gave")], "answer": " Mary", "baseline": " John"}),
+                 ("dataset", {"task": "induction", "n": 20})]
 
 
 def answer_sizes(server, calls) -> dict[str, int]:
@@ -80,7 +83,7 @@ def answer_sizes(server, calls) -> dict[str, int]:
         for name, args in calls:
             result = await client.call_tool(name, args)
             assert not result.is_error, f"{name}: {result.content[0].text}"
-            sizes[name] = len(result.content[0].text.encode())
+            sizes[name] = max(sizes.get(name, 0), len(result.content[0].text.encode()))
             assert json.loads(result.content[0].text) == result.structured_content, "the text is the same JSON"
         return sizes
     return run(server, scenario)
@@ -103,7 +106,7 @@ def test_default_answers_stay_within_their_bounds_on_the_default_model(tmp_path)
              ("logit_lens", {"prompt": "The Eiffel Tower is in the city of", "targets": [" Paris"]}),
              ("logit_attribution", {"prompt": IOI_CLEAN, "answer": " Mary", "baseline": " John"}),
              ("attention_pattern", {"prompt": LONG, "heads": ["L0H0", "L5H1", "L10H2", "L20H3"]}),
-             ("find_induction_heads", {"plot": False}), ("patch", ioi | {"plot": False}),
+             ("detect_heads", {"plot": False}), ("patch", ioi | {"plot": False}),
              ("patch", ioi | {"what": "heads", "plot": False}), ("ablate", {"prompt": IOI_CLEAN, "answer": " Mary",
                                                                            "plot": False})]
     sizes = answer_sizes(create_server(Settings(out_dir=tmp_path / "plots")), calls)

@@ -29,7 +29,7 @@ from lens.analysis import (
 from mcp_server import Settings, create_server
 
 TOOLS = {"list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
-         "logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
+         "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "dataset", "patch",
          "attribution_patch", "path_patch", "ablate", "steer", "generate"}
 READ_ONLY = {"list_models", "model_info", "tokenize", "get_activation", "generate"}
 
@@ -172,7 +172,7 @@ def test_attention_pattern_reports_each_querys_top_keys_without_the_sink(server,
 
 def test_head_finders_rank_heads_as_lens_does(server, model):
     async def scenario(client):
-        induction = await ok(client, "find_induction_heads", {"seq_len": 12, "batch": 2, "top_k": 3, "plot": False})
+        induction = await ok(client, "detect_heads", {"seq_len": 12, "batch": 2, "top_k": 3, "plot": False})
         previous = await ok(client, "detect_heads", {"kind": "previous_token", "top_k": 3, "plot": False})
         return induction, previous
     induction, previous = run(server, scenario)

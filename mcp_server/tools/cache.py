@@ -139,8 +139,8 @@ def get_activation(
     top_k: TopK = 10,
     detail: Detail = False,
 ) -> ActivationSlice:
-    """Summarise a cached activation, narrowed by pos and head: shape, norm, mean/std/min/max,
-    largest entries (top neurons for MLP hooks), heads by norm; values if ≤ 64 (2048 with detail)."""
+    """Summarise a cached activation (narrowed by pos, head): shape, norm, stats, largest entries,
+    heads by norm; values if ≤ 64 (2048 with detail)."""
     state = state_of(ctx)
     stored = state.cache(cache)
     with state.using(stored.model_handle) as entry:

@@ -59,9 +59,8 @@ def detect_heads(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> HeadDetection:
-    """Score every head as induction (with the loss on the first vs repeated copy: the first survey
-    of in-context copying), duplicate-token (both on repeated random tokens) or previous-token (on
-    text); BOS excluded. The top heads."""
+    """Score every head as induction (with the loss on the first vs repeated copy), duplicate-token
+    (both on repeated random tokens) or previous-token (on text); the top heads."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"heads-{kind}", plot_path)
     with state.using(model) as entry:

@@ -87,8 +87,7 @@ def logit_attribution(
     model: ModelRef = None,
 ) -> LogitAttribution:
     """Direct logit attribution: what each head (MLPs ranked apart) / layer / component / neuron writes
-    to logit(answer) − logit(baseline) at pos, through the final norm; parts and biases sum to the
-    total. Direct effects only: confirm causes with patch."""
+    to logit(answer) − logit(baseline) at pos. Direct effects only: confirm with patch."""
     state = state_of(ctx)
     target = state.plots.target(plot, "dla", plot_path)
     with state.using(model) as entry:
@@ -143,9 +142,8 @@ def logit_lens(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> LogitLens:
-    """The logit lens: the residual stream after every layer decoded through the final norm and
-    unembedding; per layer the top tokens and each target's rank and probability. Shows at which
-    layer a prediction forms."""
+    """The logit lens: per layer, the residual stream's top tokens and each target's rank and
+    probability, through the final norm. Where a prediction forms."""
     state = state_of(ctx)
     target = state.plots.target(plot, "logit-lens", plot_path)
     with state.using(model) as entry:
@@ -198,9 +196,8 @@ def attention_pattern(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> AttentionPattern:
-    """Where chosen heads attend: per query (the last 16; all with detail) its top keys and weights,
-    and the weight on the position-0 sink. Check a head found by logit_attribution, detect_heads or
-    patch (an induction head attends to the token after the previous occurrence)."""
+    """Where heads attend: per query (the last 16; all with detail) its top keys and weights, and the
+    weight on the position-0 sink. Checks what a head found by another tool does."""
     state = state_of(ctx)
     target = state.plots.target(plot, "attention", plot_path)
     with state.using(model) as entry:

@@ -60,9 +60,9 @@ def steer(
     baseline: Token | None = None,
     model: ModelRef = None,
 ) -> Steering:
-    """Activation steering: generate with coefficient x vector added at one layer (0 = unsteered);
-    per coefficient the text and logit shifts. The vector: mean activation of positive minus
-    negative prompts ('I love this' / 'I hate this'), stored under a handle for reuse."""
+    """Steering: generate with coefficient x vector added at one layer (0 = unsteered); per
+    coefficient the text and logit shifts. Vector: mean activation of positive minus negative
+    prompts, stored for reuse."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
