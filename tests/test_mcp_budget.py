@@ -47,7 +47,8 @@ def test_the_published_schema_keeps_types_enums_defaults_and_drops_pydantic_nois
         assert noise not in text, f"{noise} left in a published schema"
     patch = tools["patch"].input_schema
     assert patch["properties"]["what"]["default"] == "resid_pre" and "heads" in patch["properties"]["what"]["enum"]
-    assert set(patch["required"]) == {"clean", "corrupted"}
+    assert "required" not in patch  # clean etc. or dataset: the tool says which is missing
+    assert patch["properties"]["clean"]["type"] == ["string", "array"]  # one prompt, or one per row
     assert tools["steer"].input_schema["properties"]["coefficients"]["maxItems"] == 8  # a bound that informs
     for t in tools.values():
         assert 40 <= len(t.description) <= 400, f"{t.name}: {len(t.description)} characters of description"
