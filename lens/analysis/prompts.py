@@ -64,11 +64,16 @@ class AttentionPatterns(Result):
 
 
 @torch.no_grad()
-def attention_patterns(model, prompt, heads: list[tuple[int, int]], top_k: int = 3,
-                       skip_first: bool = False) -> AttentionPatterns:
+def attention_patterns(model, prompt, heads: list[tuple[int, int]], top_k: int = 3, skip_first: bool = False):
     """The attention patterns of chosen (layer, head) pairs with the prompt's string tokens, and per query
     its top_k keys; skip_first leaves key 0 out of that ranking (most heads park attention there, BOS or
-    not, so it hides what a head reads), reporting its weight apart."""
+    not, so it hides what a head reads), reporting its weight apart. A lens.data.PromptSet as `prompt`:
+    the attention from each row's END to its named positions, mean and spread over rows
+    (lens.data.set_attention)."""
+    from lens.data.prompt_set import PromptSet
+    if isinstance(prompt, PromptSet):
+        from lens.data.reading import set_attention
+        return set_attention(model, prompt, heads)
     tokens = prompt_tokens(model, prompt)
     for layer, head in heads:
         if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):

@@ -119,7 +119,12 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int | Sequence[int],
     positions. Greedy by default (each row generates what it would alone); with do_sample the rows draw
     from one seeded generator. `tokens`: report how much each one's logit at the prompt's last position
     moves from the unsteered run; `answer` (and `baseline`): how much logit(answer) − logit(baseline)
-    moves there (the answer's logit alone without a baseline)."""
+    moves there (the answer's logit alone without a baseline). A lens.data.PromptSet as `prompt`: no
+    generation, but the shift of each row's logit(answer) - logit(baseline) at its END per setting, mean
+    and spread (steer_set)."""
+    from lens.data.prompt_set import PromptSet
+    if isinstance(prompt, PromptSet):
+        return steer_set(model, prompt, vector, layer, coefficients, hook, positions)
     layers = [layer] if isinstance(layer, int) else list(layer)
     if not layers:
         raise ValueError("give a layer, or a list of layers")
@@ -168,3 +173,49 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int | Sequence[int],
     return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=names[layers[0]],
                           positions=positions if isinstance(positions, str) else str(list(positions)),
                           vector_norm=float(vector.norm()), generations=generations)
+
+
+class SetSteering(Result):
+    hook: str
+    n_rows: int
+    metric: str
+    settings: list[tuple[int, float]]  # (layer, coefficient)
+    shifts: list  # one Spread per setting: steered - unsteered metric at each row's END
+
+    def summary(self) -> str:
+        lines = [f"steering {self.hook} over {self.n_rows} prompts: shift of {self.metric} at each row's END"]
+        lines += [f"  L{layer} ×{coefficient:g}: {shift.text()}"
+                  for (layer, coefficient), shift in zip(self.settings, self.shifts, strict=True)]
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def steer_set(model, ps, vector: torch.Tensor, layer: int | Sequence[int], coefficients: Sequence[float] = (0.0, 4.0, 8.0),
+              hook: str = "resid_post", positions: SteerPositions = "all") -> SetSteering:
+    """How coefficient × vector at `hook` of each layer moves each row's logit(answer) - logit(baseline) (or
+    its answer logit) at END: one forward of rows × (1 + settings), the first copy unsteered."""
+    from lens.data.metrics import row_metric
+    from lens.data.stats import spread
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    layers = [in_range(l, model.cfg.n_layers, "layer", f"a model of {model.cfg.n_layers} layers") for l in layers]
+    vector = torch.as_tensor(vector, device=model.device).detach()
+    if vector.shape != (model.cfg.d_model,):
+        raise ValueError(f"the steering vector must have shape [d_model] = [{model.cfg.d_model}], "
+                         f"not {list(vector.shape)}")
+    if positions not in ("all", "prompt", "generated"):
+        raise ValueError(f"over a prompt set, positions are 'all', 'prompt' or 'generated', not {positions!r}")
+    settings = [(l, float(c)) for l in layers for c in coefficients]
+    n = len(ps)
+    metric = row_metric(ps[[i for _ in range(len(settings) + 1) for i in range(n)]])
+    hooks = []
+    for l in layers:
+        name = act_name(hook, l)
+        model._hooks.resolve(name)
+        per_copy = [0.0] + [c if sl == l else 0.0 for sl, c in settings]
+        coef = torch.tensor(per_copy, device=model.device).repeat_interleave(n)  # [copies * n_rows]
+        hooks.append((name, steering_hook(vector, coef, positions, ps.n_pos)))
+    with model.hooks(hooks):
+        values = metric.rows(model(ps.clean_tokens.to(model.device).repeat(len(settings) + 1, 1)))
+    values = values.view(len(settings) + 1, n).double().cpu()
+    return SetSteering(hook=act_name(hook, layers[0]), n_rows=n, metric=metric.name, settings=settings,
+                       shifts=[spread(values[k] - values[0]) for k in range(1, len(settings) + 1)])

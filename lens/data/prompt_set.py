@@ -158,9 +158,6 @@ class PromptSet:
         mask[:, resolve_pos(position, self.n_pos)] = True
         return mask
 
-    def label(self, position: int | str) -> str:
-        return position if isinstance(position, str) else f"{position} {self.rows[0].clean!r}"[:40]
-
     def summary(self) -> str:
         dropped = ", ".join(f"{k}: {v}" for k, v in self.dropped.items()) or "none"
         task = f"{self.task} " if self.task else ""

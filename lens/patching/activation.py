@@ -197,7 +197,7 @@ def set_positions(ps, positions) -> list:
     return positions
 
 
-def position_labels(model, ps, positions, str_tokens: list[str]) -> list[str]:
+def position_labels(ps, positions, str_tokens: list[str]) -> list[str]:
     """What the "pos" coordinates of a set's sweep show: names, or row 0's tokens at the indices."""
     return [p if isinstance(p, str) else str_tokens[p] for p in set_positions(ps, positions)]
 
@@ -241,7 +241,7 @@ def clean_side(model, clean, corrupted, metric, what: str, positions, layers) ->
     clean_tokens, corrupted_tokens = clean_tokens.to(model.device), corrupted_tokens.to(model.device)
     spec, axes, coords, rows, fixed, masks = sweep_grid(model, what, corrupted_tokens.shape[1], layers, positions, ps)
     tokens = str_tokens(model, clean_tokens[:1])
-    labels = tokens if ps is None else position_labels(model, ps, positions, tokens)
+    labels = tokens if ps is None else position_labels(ps, positions, tokens)
     hooks = [act_name(spec.hook, l) for l in coords[0]]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=hooks, attention_mask=mask)
