@@ -105,7 +105,7 @@ class LensTool(Tool):
         return await super().run(arguments, context, convert_result)
 
 
-SET_TOOLS = "patch, attribution_patch, path_patch, ablate, logit_attribution"
+SET_TOOLS = "patch, attribution_patch, path_patch, ablate, logit_attribution, logit_lens, steer (attention_pattern: dataset)"
 
 
 def list_hint(tool_name: str, error: ValidationError) -> str | None:

@@ -156,3 +156,35 @@ def test_mistakes_with_sets_are_errors_that_say_what_to_do(server):
     assert "identical" in identical
     assert "over a set use logit_diff" in loss
     assert "not both" in both
+
+
+def test_logit_lens_attention_and_steer_over_a_set_equal_python(server, model):
+    from lens.analysis import attention_patterns, logit_lens, steer, steering_vector
+
+    async def scenario(client):
+        made = await ok(client, "dataset", {"task": "induction", "n": 6, "seed": 2})
+        lens = await ok(client, "logit_lens", {"dataset": made["dataset"], "plot": False})
+        listed = await ok(client, "logit_lens", {"prompt": ROWS["clean"], "targets": ROWS["answer"], "plot": False})
+        attention = await ok(client, "attention_pattern", {"dataset": made["dataset"], "heads": ["L1H1", "L2H0"]})
+        steered = await ok(client, "steer", {"prompt": ROWS["clean"], "answer": ROWS["answer"],
+                                             "baseline": ROWS["baseline"], "positive": ["Mary gave"],
+                                             "negative": ["John went"], "layer": 1, "coefficients": [0, 4]})
+        return lens, listed, attention, steered
+    lens, listed, attention, steered = run(server, scenario)
+    generated = make_dataset(model, "induction", n=6, seed=2)
+    want = logit_lens(model, generated)
+    assert all(close(got, layer.answer_prob.mean) for got, layer in zip(lens["probs"][0], want.layers, strict=True))
+    assert lens["top_rows"] == [layer.answer_top for layer in want.layers] and lens["set"]["rows"] == 6
+    reading = PromptSet.from_lists(model, ROWS["clean"], None, ROWS["answer"], corruption="noise")
+    want = logit_lens(model, reading)
+    assert all(close(got, layer.answer_prob.mean) for got, layer in zip(listed["probs"][0], want.layers, strict=True))
+    want = attention_patterns(model, generated, [(1, 1), (2, 0)])
+    for got, head in zip(attention["heads"], want.heads, strict=True):
+        assert set(got["to"]) == set(head.to)
+        assert all(close(got["to"][k][0], s.mean) for k, s in head.to.items()), (got["to"], head.to)
+    vector = steering_vector(model, ["Mary gave"], ["John went"], 1)
+    rows = PromptSet.from_lists(model, ROWS["clean"], None, ROWS["answer"], ROWS["baseline"], corruption="noise")
+    want = steer(model, rows, vector, 1, coefficients=[0, 4])
+    for got, s in zip(steered["shifts"], want.shifts, strict=True):
+        assert close(got[0], s.mean, rel=1e-3) and got[2] == s.agreement, (got, s)
+    assert steered["set"]["rows"] == 5 and "x4:" in steered["interpretation"]

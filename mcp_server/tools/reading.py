@@ -127,15 +127,19 @@ class LogitLens(ToolResult):
     top_prob: list[Num] = Field(description="per layer, the probability of the top token")
     targets: list[str]
     ranks: list[list[int]] = Field(description="[target][layer]: rank, 0 = top")
-    probs: list[list[Num]] = Field(description="[target][layer]: probability")
+    probs: list[list[Num]] = Field(description="[target][layer]: probability (over a set: each row's answer, mean)")
+    prob_ci: list[Num] | None = Field(None, description="over a set: per layer, the 95% half-width of probs[0]")
+    top_rows: list[int] | None = Field(None, description="over a set: per layer, rows whose answer is the top token")
+    set: SetInfo | None = None
     warnings: list[str] | None
     plot: Plot | None
 
 
 def logit_lens(
     ctx: Context,
-    prompt: Prompt,
-    targets: Annotated[list[Token], Field(max_length=10, description="tokens to follow through the layers")] = (),
+    prompt: Rows | None = None,
+    targets: Annotated[list[Token], Field(max_length=1000, description="tokens to follow (a set: each row's answer)")] = (),
+    dataset: DatasetRef = None,
     pos: Position = -1,
     top_k: Annotated[int, Field(ge=1, le=20)] = 1,
     plot: DrawPlot = True,
@@ -147,6 +151,12 @@ def logit_lens(
     state = state_of(ctx)
     target = state.plots.target(plot, "logit-lens", plot_path)
     with state.using(model) as entry:
+        answers = (targets if len(targets) > 1 else targets[0]) if isinstance(prompt, list) and targets else None
+        ps = prompt_set(state, entry, dataset, prompt, None, answers, None, needs_corrupted=False)
+        if ps is not None:
+            if pos != -1:
+                raise ToolError("over a set, the lens reads each row's last token (END); leave pos at -1")
+            return _set_lens(entry, lens_logit_lens(entry.model, ps), ps)
         result = lens_logit_lens(entry.model, prompt, targets=targets or None, pos=pos, top_k=top_k)
         warnings = spacing_warnings(entry.model, prompt, targets, pos)
     drawn = state.plots.draw(lambda path: plots.plot_logit_lens(result, path), target)
@@ -168,17 +178,37 @@ def logit_lens(
                                f"{followed!r} never becomes the top token ({end})", warnings))
 
 
+def _set_lens(entry, result, ps) -> LogitLens:
+    """The logit lens over a set: each row's answer at its END, per layer the mean probability, its spread
+    and the rows where it is the top token."""
+    layers = result.layers
+    first = result.first_top_layer
+    final = layers[-1]
+    return LogitLens(
+        model=entry.handle, position=-1, token="END", layers=[layer.label for layer in layers], top=[], top_prob=[],
+        targets=["answer"], ranks=[], probs=[[layer.answer_prob.mean for layer in layers]],
+        prob_ci=[(layer.answer_prob.ci95[1] - layer.answer_prob.ci95[0]) / 2 for layer in layers],
+        top_rows=[layer.answer_top for layer in layers], set=set_info(ps), warnings=None, plot=None,
+        interpretation=(f"the answer first becomes the top token on most rows at {first}" if first else
+                        "the answer is never the top token on most rows")
+        + f"; at the last layer p {figure(final.answer_prob.mean, final.answer_prob)}, top on "
+          f"{final.answer_top}/{result.n_rows}{rows_said(ps)}")
+
+
 class HeadAttention(Part):
     head: str
     keys: list[list[int]] = Field(description="per query (from queries_start), its top keys, best first")
     weights: list[list[Num]] = Field(description="their attention weights")
     first: list[Num] = Field(description="per query, the weight on position 0 (the usual sink)")
+    to: dict[str, list[Num]] | None = Field(None, description="over a set: named key → [mean, 95% half-width] "
+                                                              "of END's attention")
 
 
 class AttentionPattern(ToolResult):
-    tokens: TokenWindow
+    tokens: TokenWindow | None
     queries_start: int = Field(description="the query position of keys[0]")
     heads: list[HeadAttention]
+    set: SetInfo | None = None
     plot: Plot | None
 
 
@@ -187,10 +217,11 @@ QUERY_WINDOW = 16  # queries shown without `detail`: the last ones
 
 def attention_pattern(
     ctx: Context,
-    prompt: Prompt,
     heads: Annotated[list[HeadLabel], Field(min_length=1, max_length=16)],
+    prompt: Prompt | None = None,
     top_k: Annotated[int, Field(ge=1, le=10, description="keys per query")] = 2,
     skip_first: Annotated[bool, Field(description="rank keys without position 0 (the sink)")] = True,
+    dataset: DatasetRef = None,
     detail: Detail = False,
     plot: DrawPlot = True,
     plot_path: PlotPath = None,
@@ -201,6 +232,13 @@ def attention_pattern(
     state = state_of(ctx)
     target = state.plots.target(plot, "attention", plot_path)
     with state.using(model) as entry:
+        if dataset is not None:
+            ps = prompt_set(state, entry, dataset, prompt, needs_corrupted=False)
+            return _set_attention(entry, attention_patterns(entry.model, ps, checks.head_labels(entry.model, heads)),
+                                  ps)
+        if prompt is None:
+            raise ToolError("give the prompt, or dataset=<handle> (attention from each row's END to its named "
+                            "positions)")
         result = attention_patterns(entry.model, prompt, checks.head_labels(entry.model, heads), top_k=top_k,
                                     skip_first=skip_first)
     drawn = state.plots.draw(lambda path: plots.plot_attention(result, path), target)
@@ -217,6 +255,16 @@ def attention_pattern(
                             heads=out, plot=drawn,
                             interpretation=f"at the last token ({last}, {result.str_tokens[last]!r}) the heads attend "
                                            f"most to: {'; '.join(said(h) for h in out[:4])}")
+
+
+def _set_attention(entry, result, ps) -> AttentionPattern:
+    heads = [HeadAttention(head=head_label(h.layer, h.head), keys=[], weights=[], first=[],
+                           to={k: [v.mean, (v.ci95[1] - v.ci95[0]) / 2] for k, v in h.to.items()})
+             for h in result.heads]
+    said = "; ".join(f"{h.head} → " + ", ".join(f"{k} {v[0]:.2f} ± {v[1]:.2f}" for k, v in h.to.items())
+                     for h in heads[:4])
+    return AttentionPattern(model=entry.handle, tokens=None, queries_start=0, heads=heads, set=set_info(ps),
+                            plot=None, interpretation=f"attention from each row's END: {said}{rows_said(ps)}")
 
 
 TOOLS = [(logit_attribution, PLOTTING), (logit_lens, PLOTTING), (attention_pattern, PLOTTING)]

@@ -12,6 +12,7 @@ from lens.analysis import steer as lens_steer
 from lens.analysis import steering_vector
 from mcp_server import checks
 from mcp_server.schemas import ModelRef, Num, Part, Prompt, Token, ToolResult
+from mcp_server.sets import DatasetRef, Rows, SetInfo, TokenRows, figure, prompt_set, rows_said, set_info
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import STORING
 
@@ -37,11 +38,14 @@ class Steering(ToolResult):
     vector_norm: Num
     positions: str
     generations: list[SteeredText]
+    shifts: list[list[Num]] | None = Field(None, description="over a set (no generation): per coefficient, "
+                                                             "[mean, 95% half-width, rows agreeing] of the shift")
+    set: SetInfo | None = None
 
 
 def steer(
     ctx: Context,
-    prompt: Prompt,
+    prompt: Rows,
     positive: ContrastPrompts = None,
     negative: ContrastPrompts = None,
     vector: Annotated[str | None, Field(max_length=100, description="a stored vector's handle")] = None,
@@ -56,8 +60,9 @@ def steer(
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
     tokens: Annotated[list[Token], Field(max_length=10, description="report these tokens' logit shifts")] = (),
-    answer: Annotated[Token | None, Field(description="report logit(answer) - logit(baseline)'s shift")] = None,
-    baseline: Token | None = None,
+    answer: Annotated[TokenRows | None, Field(description="report logit(answer) - logit(baseline)'s shift")] = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     model: ModelRef = None,
 ) -> Steering:
     """Steering: generate with coefficient x vector added at one layer (0 = unsteered); per
@@ -79,6 +84,17 @@ def steer(
                                         steering_vector(m, positive, negative, layer, hook=hook, position=position))
         else:
             raise ToolError("steer needs positive and negative prompts (to build a vector) or vector=<handle>")
+        ps = prompt_set(state, entry, dataset, prompt, None, answer, baseline, needs_corrupted=False) \
+            if dataset is not None or isinstance(prompt, list) else None
+        if ps is not None:
+            moved = lens_steer(m, ps, stored.vector, layer, coefficients=coefficients, hook=hook, positions=positions)
+            said = "; ".join(f"x{c:g}: {figure(s.mean, s)}" for (_, c), s in zip(moved.settings, moved.shifts,
+                                                                                   strict=True))
+            return Steering(model=entry.handle, vector=stored.handle, hook=moved.hook,
+                            vector_norm=float(stored.vector.norm()), positions=positions, generations=[],
+                            shifts=[[s.mean, (s.ci95[1] - s.ci95[0]) / 2, s.agreement] for s in moved.shifts],
+                            set=set_info(ps), interpretation=f"shift of {moved.metric} at each row's END: {said}"
+                                                             f"{rows_said(ps)}")
         result = lens_steer(m, prompt, stored.vector, layer, coefficients=coefficients, hook=hook, positions=positions,
                             max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, temperature=temperature,
                             tokens=tokens, answer=answer, baseline=baseline)
