@@ -62,7 +62,11 @@ def dataset(
         if path is not None:
             if corruption is not None:
                 raise ToolError("corruption is for generated sets; a file's rows carry their corrupted prompts")
-            ps = PromptSet.from_file(m, state.plots.inside(path, "path"))
+            file = state.plots.inside(path, "path")
+            if not file.is_file():
+                raise ToolError(f"no dataset file {path!r} in the output folder {state.plots.root}: write the "
+                                f".jsonl or .csv there first")
+            ps = PromptSet.from_file(m, file)
         else:
             ps = make_dataset(m, task, n=n, seed=seed, corruption=corruption)
         report = None
