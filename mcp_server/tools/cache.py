@@ -63,8 +63,8 @@ def run_with_cache(
     ctx: Context,
     prompt: Prompt,
     hooks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(
-        max_length=500, description="hooks to keep: 'blocks.3.attn.hook_z', 'resid_post' (every layer) or "
-                                    "'blocks.{i}.hook_mlp_out'; default: all")] = None,
+        max_length=500, description="'blocks.3.attn.hook_z', 'resid_post' (every layer), "
+                                    "'blocks.{i}.hook_mlp_out'")] = None,
     top_k: TopK = 5,
     detail: Detail = False,
     model: ModelRef = None,

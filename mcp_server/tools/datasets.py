@@ -45,7 +45,7 @@ def dataset(
     ctx: Context,
     task: Task | None = None,
     path: Annotated[str | None, Field(max_length=300, description=(
-        ".jsonl or .csv inside the output folder; fields clean, corrupted, answer, baseline"))] = None,
+        ".jsonl/.csv in the output folder: clean, corrupted, answer, baseline"))] = None,
     n: Annotated[int, Field(ge=1, le=1000)] = 50,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
     corruption: Annotated[Literal["swap", "abc", "subject"] | None, Field(description="ioi: swap/abc")] = None,

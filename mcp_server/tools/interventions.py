@@ -232,9 +232,9 @@ def patch(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> PatchSummary:
-    """Activation patching: corrupted run with one clean activation at a time; the share of the
-    clean metric each restores (0..1). resid_*/attn_out/mlp_out: layer x position; heads: layer x
-    head. IOI: clean '...John gave a drink to', names swapped, answer ' Mary', baseline ' John'."""
+    """Activation patching: the corrupted run with one clean activation at a time; the share of the
+    clean metric each restores. IOI: clean '...John gave a drink to', names swapped, answer ' Mary',
+    baseline ' John'."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"patch-{what}", plot_path)
     with state.using(model) as entry:
@@ -340,8 +340,7 @@ def ablate(
     model: ModelRef = None,
 ) -> AblationSummary:
     """Ablation: knock out components one at a time or together; the metric's change. Tests
-    necessity (name movers: the logit difference falls; induction heads on a repeated text, metric
-    loss with span over the repeat: the loss rises)."""
+    necessity (induction heads: metric loss, span over a repeated text's second copy)."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"ablate-{what}", plot_path)
     with state.using(model) as entry:
