@@ -89,9 +89,11 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
             fn()
             times.append(time.perf_counter() - started)
     set_s, one_s = statistics.median(set_times), statistics.median(one_times)
+    print(f"  (lens set sweep {set_s:.2f}s, single-prompt sweep {one_s:.2f}s)", flush=True)
     layers = [model.cfg.n_layers // 2, model.cfg.n_layers - 1][:NAIVE_LAYERS]
     rows = list(range(NAIVE_ROWS))
     naive, naive_sample_s = naive_heads(model, ps, rows, layers)
+    print(f"  (naive sample: {len(rows)} rows × {len(layers)} layers × all heads in {naive_sample_s:.2f}s)", flush=True)
     lens_rows = torch.tensor(result.row_scores)[rows][:, layers]  # [rows, layers, heads]
     n_patches = model.cfg.n_layers * model.cfg.n_heads
     naive_s = naive_sample_s / (len(rows) * len(layers) * model.cfg.n_heads) * N_ROWS * n_patches
@@ -105,6 +107,7 @@ def run(quick: bool = False, repeats: int = 3) -> dict:
     else:
         layer = model.cfg.n_layers // 2
         tl = transformer_lens_layer(model, ps, layer)
+        print(f"  (TransformerLens: {tl if isinstance(tl, str) else f'{tl[0]:.3f}s a patch'})", flush=True)
         if isinstance(tl, tuple):
             per_patch, values = tl
             estimate = per_patch * n_patches
