@@ -1,8 +1,10 @@
 """lens: a hooked-transformer engine for mechanistic interpretability."""
 
+from lens import data as data  # prompt sets: lens.data
 from lens import patching as patching  # interventions: lens.patching
 from lens.cache import ActivationCache
 from lens.config import ModelConfig, RotaryConfig
+from lens.data import PromptSet, Spread, make_dataset
 from lens.errors import (
                          Cancelled,
                          CorruptCheckpointError,
@@ -30,5 +32,5 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
-    "MemoryBudgetError", "Cancelled", "SAE", "DictionaryError",
+    "MemoryBudgetError", "Cancelled", "SAE", "DictionaryError", "PromptSet", "Spread", "make_dataset",
 ]

@@ -55,23 +55,24 @@ def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, answer: str
     return [path for _, path in sections if path]
 
 
-IOI_CLEAN = "When John and Mary went to the store, Mary gave a bottle to"
-IOI_CORRUPTED = "When John and Mary went to the store, John gave a bottle to"
+IOI_ROWS = 16  # the demo's generated IOI set: rows before filtering (each costs about one prompt's sweep)
 STEER_PROMPT = "I think that you are"
 STEER_POSITIVE = ["I love this, it is wonderful", "What a great and happy day"]
 STEER_NEGATIVE = ["I hate this, it is awful", "What a terrible and sad day"]
 
 
 def interventions(model, out_dir: Path) -> list[tuple[str, str | None]]:
-    """The IOI activation-patching sweeps (resid_pre by layer × position, heads by layer × head)
-    and an activation-addition steering example: (text, plot path) per section."""
+    """The IOI activation-patching sweeps over a generated IOI set (resid_pre by layer × named position,
+    heads by layer × head; name-swap corruption, the rows the model gets right), and an activation-addition
+    steering example: (text, plot path) per section."""
     from lens.analysis import steer, steering_vector
-    from lens.patching import logit_diff, patch
+    from lens.data import make_dataset
+    from lens.patching import patch
 
-    metric = logit_diff(model, " John", " Mary")
-    sections = []
-    for what in ("resid_pre", "heads"):
-        result = patch(model, IOI_CLEAN, IOI_CORRUPTED, metric, what=what, top_k=5, progress=False)
+    ioi, report = make_dataset(model, "ioi", n=IOI_ROWS, seed=0).filter(model, by="metric")
+    sections = [(f"{ioi.summary()}\n{report.summary()}", None)]
+    for what, positions in (("resid_pre", ["IO", "S1", "S2", "END"]), ("heads", None)):
+        result = patch(model, ioi, what=what, positions=positions, top_k=5, progress=False)
         sections.append((result.summary(), result.plot(out_dir / f"ioi_patch_{what}.png")))
     layer = max(1, model.cfg.n_layers // 7)  # early: a sentiment direction steers there (SmolLM2: layer 4)
     vector = steering_vector(model, STEER_POSITIVE, STEER_NEGATIVE, layer=layer)

@@ -24,10 +24,14 @@ def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smo
     for path in paths:
         assert Path(path).stat().st_size > 10_000 and f"plot: {path}" in text
     assert "induction scores" in text and "direct logit attribution by head" in text
-    # the IOI sweep: restoring the residual at the second-clause name recovers the clean answer
-    sweep = text.split("activation patching of resid_pre (30 layers × 14 positions)")[1].splitlines()
-    assert sweep[2].split()[1:3] == ["@9", "'"] and "' John'" in sweep[2], sweep[2]
-    assert float(sweep[2].split("(")[-1].split()[0]) > 0.9  # normalised: ≥ 90% of the clean logit difference
+    # the IOI sweep over a generated set: restoring the residual at the second-clause name (early layers) or
+    # at the last token (late layers) recovers most of the clean logit difference, on most prompts
+    assert "ioi prompt set:" in text and "filter by metric: kept" in text
+    sweep = text.split("activation patching of resid_pre (30 layers × 4 positions)")[1].splitlines()
+    assert "over" in sweep[0] or "prompts (means)" in text
+    assert sweep[2].split()[1:3] in (["@2", "'S2'"], ["@3", "'END'"]), sweep[2]
+    assert float(sweep[2].split("(")[-1].split()[0]) > 0.8, sweep[2]  # normalised, ratio of means
+    assert "restores" in sweep[3] and "positive on" in sweep[3], sweep[3]
     assert "activation patching of heads (30 layers × 9 heads)" in text
     assert "steering blocks.4.hook_resid_post" in text and "×-3:" in text and "×3:" in text
     # the dictionary section: quality numbers, features per token, a city feature's contexts and steering

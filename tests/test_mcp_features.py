@@ -30,7 +30,7 @@ def test_every_analysis_answers_compactly_with_lens_numbers(setup):
     calls = {"top": {"prompts": [IOI_CLEAN], "plot": True},
              "quality": {"prompts": [IOI_CLEAN, IOI_CORRUPTED]},
              "contexts": {"prompts": [IOI_CLEAN, IOI_CORRUPTED], "feature": [3]},
-             "attribution": {"prompts": [IOI_CLEAN], "answer": " Mary", "wrong": " John"},
+             "attribution": {"prompts": [IOI_CLEAN], "answer": " Mary", "baseline": " John"},
              "ablate": {"prompts": [IOI_CLEAN], "feature": [1, 2], "answer": " Mary"},
              "steer": {"prompts": ["When Mary"], "feature": [1], "answer": " Mary", "mode": "clamp"}}
     results = {}
@@ -45,7 +45,7 @@ def test_every_analysis_answers_compactly_with_lens_numbers(setup):
     direct = direct_attribution(model, SAE.load(folder), IOI_CLEAN, " Mary", " John")
     assert abs(results["attribution"]["numbers"]["total"] - direct.total) < 1e-3
     patched = call(server, analysis="attribution", dictionary=folder, prompts=[IOI_CLEAN], corrupted=IOI_CORRUPTED,
-                   answer=" Mary", wrong=" John").structured_content
+                   answer=" Mary", baseline=" John").structured_content
     metric = logit_diff(model, " Mary", " John")
     assert abs(patched["numbers"]["corrupted"] - float(metric(model(IOI_CORRUPTED).detach()))) < 1e-3
     assert model.attached_saes == {}

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from lens.analysis.common import Result, prompt_tokens
+from lens.data.stats import GridSpread
 
 Kind = Literal["induction", "previous_token", "duplicate_token"]
 NATURAL_TEXT = ("The quick brown fox jumps over the lazy dog. Mary had a little lamb whose fleece was white as "
@@ -26,6 +27,8 @@ class HeadScores(Result):
     top: list[tuple[int, int, float]]  # (layer, head, score), best first
     median: float
     on: str  # what the scores were computed on
+    n_rows: int = 1  # over a prompt set: the rows the scores are means over
+    spread: GridSpread | None = None  # over a set: per-head spread over rows
 
     def summary(self) -> str:
         best = ", ".join(f"L{l}H{h} {s:.2f}" for l, h, s in self.top[:8])
@@ -85,12 +88,17 @@ def _result(kind: str, scores: torch.Tensor, on: str) -> HeadScores:
 
 
 def detect_heads(model, kind: Kind | torch.Tensor = "induction", seq_len: int = 40, batch: int = 4,
-                 prompt: str | None = None, seed: int = 0) -> HeadScores:
+                 prompt=None, seed: int = 0) -> HeadScores:
     """A [layer, head] score table for a kind of head, from one forward pass.
 
     kind: "induction" and "duplicate_token" run on repeated random tokens (batch x 2 x seq_len);
     "previous_token" on natural text (`prompt` or a built-in paragraph); a [pos, pos] tensor scores
-    heads by how much of their attention (BOS excluded) falls where the tensor is 1, on `prompt`."""
+    heads by how much of their attention (BOS excluded) falls where the tensor is 1, on `prompt`.
+    A lens.data.PromptSet as `prompt`: scores per row, their mean and spread (lens.data.set_head_scores)."""
+    from lens.data.prompt_set import PromptSet
+    if isinstance(prompt, PromptSet):
+        from lens.data.reading import set_head_scores
+        return set_head_scores(model, prompt, kind)
     if isinstance(kind, torch.Tensor):
         if prompt is None:
             raise ValueError("a custom detection pattern needs the prompt it was written for")
@@ -103,7 +111,7 @@ def detect_heads(model, kind: Kind | torch.Tensor = "induction", seq_len: int = 
         scores = (patterns * kind[bos:, bos:].to(patterns)).sum((-1, -2)) / patterns.sum((-1, -2))
         return _result("custom pattern", scores, f"{prompt!r}")
     if kind == "previous_token":
-        tokens = prompt_tokens(model, prompt or NATURAL_TEXT)
+        tokens = prompt_tokens(model, NATURAL_TEXT if prompt is None else prompt)
         bos = int(model.cfg.bos_token_id is not None and tokens[0, 0].item() == model.cfg.bos_token_id)
         n = tokens.shape[1]
         if n < 2 + bos:

@@ -41,11 +41,17 @@ class LogitLensResult(Result):
 
 
 @torch.no_grad()
-def logit_lens(model, prompt, targets=None, pos: int = -1, top_k: int = 5) -> LogitLensResult:
+def logit_lens(model, prompt, targets=None, pos: int | str = -1, top_k: int = 5):
     """Per layer, the top-k next tokens and each target's probability and rank at `pos`.
 
     Each residual (embeddings, then after every layer) goes through the final norm with its own
-    scale, as the model's last layer output does, then the unembedding. One forward pass."""
+    scale, as the model's last layer output does, then the unembedding. One forward pass.
+    A lens.data.PromptSet as `prompt`: each row's answer at its own position (pos a name, default END),
+    mean and spread over rows (lens.data.set_logit_lens)."""
+    from lens.data.prompt_set import PromptSet
+    if isinstance(prompt, PromptSet):
+        from lens.data.reading import set_logit_lens
+        return set_logit_lens(model, prompt, "END" if pos == -1 else pos)
     tokens = prompt_tokens(model, prompt)
     position = resolve_pos(pos, tokens.shape[1])
     target_ids = [token_id(model, t) for t in (targets or [])]

@@ -23,31 +23,37 @@ SteerMode = Literal["add", "clamp"]
 def steer_feature(model, sae: SAE, prompt: str, feature: int, mode: SteerMode = "add",
                   coefficients: Sequence[float] = (0.0, 4.0, 8.0), max_new_tokens: int = 20,
                   tokens: Sequence[str | int] = (), seed: int = 0, do_sample: bool = False) -> SteeringResult:
-    """Generate from `prompt` once per coefficient with `feature` added ("add") or clamped ("clamp")."""
+    """Generate from `prompt` with `feature` added ("add") or clamped ("clamp") at each coefficient, all
+    coefficients in one batched generation (lens.analysis.steering.steer_with_hooks)."""
     if mode not in ("add", "clamp"):
         raise ValueError(f"mode must be 'add' or 'clamp', not {mode!r}")
     feature = in_range(feature, sae.cfg.d_sae, "feature", f"a dictionary of {sae.cfg.d_sae} features")
     ids = prompt_tokens(model, prompt)
+    settings = [(None, float(c)) for c in coefficients]
     if mode == "add":
         if hook_shape(model, sae.cfg.out_hook) != (model.cfg.d_model,) or sae.cfg.hook_head_index is not None:
             raise ValueError(f"adding a decoder direction needs a residual-width hook; {sae.cfg.out_hook} is not "
                              f"(clamp the feature instead: mode='clamp')")
         vector = sae.W_dec[feature].detach().to(model.device, model.dtype)  # [d_model]
         hook = sae.cfg.out_hook
-        result = steer_with_hooks(model, ids, lambda c: [(hook, steering_hook(vector, c, "all", ids.shape[1]))],
-                                  coefficients, f"{hook} += c × W_dec[{feature}]", "all", float(vector.norm()), prompt,
-                                  max_new_tokens, seed, do_sample, 1.0, tokens)
-        return result
+
+        def add(settings):
+            coef = torch.tensor([0.0] + [c for _, c in settings], device=model.device)  # row 0 unsteered
+            return [(hook, steering_hook(vector, coef, "all", ids.shape[1]))]
+        return steer_with_hooks(model, ids, add, settings, f"{hook} += c × W_dec[{feature}]", "all",
+                                float(vector.norm()), prompt, max_new_tokens, seed, do_sample, 1.0, tokens)
     name = f"{sae.cfg.hook_name}.hook_sae_acts_post"
 
-    def clamp(value):
-        def hook(acts, point):
+    def clamp(settings):
+        values = torch.tensor([c for _, c in settings])  # row 1 + k clamps to settings[k]; row 0 is unsteered
+
+        def hook(acts, point):  # acts: [batch, pos, d_sae]
             acts = acts.clone()
-            acts[..., feature] = value
+            acts[1:, ..., feature] = values.to(acts.device, acts.dtype).view(-1, *[1] * (acts.dim() - 2))
             return acts
         return [(name, hook)]
     with model.saes(None if sae in model.attached_saes.values() else sae):
-        return steer_with_hooks(model, ids, clamp, coefficients, f"{name}[{feature}] := c", "all",
+        return steer_with_hooks(model, ids, clamp, settings, f"{name}[{feature}] := c", "all",
                                 float(sae.W_dec[feature].norm()), prompt, max_new_tokens, seed, do_sample, 1.0, tokens)
 
 

@@ -2,6 +2,7 @@
 
 from mcp_server.tools import (
     cache,
+    datasets,
     features,
     generation,
     heads,
@@ -11,4 +12,4 @@ from mcp_server.tools import (
     steering,
 )
 
-MODULES = (models, cache, reading, heads, interventions, steering, generation, features)
+MODULES = (models, cache, reading, heads, interventions, steering, generation, datasets, features)

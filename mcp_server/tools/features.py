@@ -47,6 +47,7 @@ def _dictionary(state, entry, source: str) -> SAE:
             sae = train.default_dictionary(entry.model, train.QUICK if source == "quick" else train.Recipe(),
                                            verbose=False)
         elif Path(source).expanduser().is_dir():
+            state.check_allowed(source)  # dictionary folders are confined like model paths (--model-dir)
             sae = SAE.load(Path(source).expanduser(), device=entry.model.device)
         elif ":" in source:
             sae = SAE.from_pretrained(*source.split(":", 1), device=entry.model.device)
@@ -64,7 +65,7 @@ def features(
         "'default' (trained here, cached), 'quick', a SAELens folder, or 'release:sae_id'"))] = "default",
     feature: Annotated[list[int], Field(max_length=32)] = (),
     answer: Short = None,
-    wrong: Short = None,
+    baseline: Short = None,
     corrupted: Annotated[str | None, Field(max_length=50_000)] = None,
     coefficients: Annotated[list[float], Field(min_length=1, max_length=8)] = (0.0, 8.0),
     mode: Literal["add", "clamp"] = "add",
@@ -72,17 +73,16 @@ def features(
     plot: bool = False,
     model: ModelRef = None,
 ) -> Features:
-    """Dictionary (SAE/transcoder) features. analysis: top (features per token of prompts); quality
-    (L0, explained variance, CE loss recovered on prompts); contexts (max-activating tokens of
-    feature[0]); attribution (features behind answer - wrong: direct, or patched from corrupted);
-    ablate (zero features, score answer); steer (add/clamp feature[0] while generating).
-    answer/wrong: single tokens. plot: a tokens x features heatmap (top)."""
+    """Dictionary (SAE/transcoder) features. analysis: top (per token); quality (L0, explained variance,
+    CE loss recovered); contexts (max-activating tokens of feature[0]); attribution (features behind
+    answer - baseline: direct, or patched from corrupted); ablate (zero features); steer (add/clamp
+    feature[0] while generating). plot: tokens x features heatmap (top)."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
         try:
             sae = _dictionary(state, entry, dictionary)
-            result, numbers = _run(m, sae, analysis, prompts, list(feature), answer, wrong, corrupted,
+            result, numbers = _run(m, sae, analysis, prompts, list(feature), answer, baseline, corrupted,
                                    list(coefficients), mode, top_k)
         except (DictionaryError, ValueError) as e:
             raise ToolError(str(e)) from e
@@ -93,7 +93,7 @@ def features(
                     report=report[:3000], plot=drawn, interpretation=report.split("\n")[0][:300])
 
 
-def _run(m, sae, analysis, prompts, feature, answer, wrong, corrupted, coefficients, mode, top_k):
+def _run(m, sae, analysis, prompts, feature, answer, baseline, corrupted, coefficients, mode, top_k):
     needs = {"contexts": feature, "steer": feature, "ablate": feature, "attribution": answer}
     if analysis in needs and not needs[analysis]:
         raise ToolError(f"analysis={analysis!r} needs {'answer' if analysis == 'attribution' else 'feature'}")
@@ -108,19 +108,19 @@ def _run(m, sae, analysis, prompts, feature, answer, wrong, corrupted, coefficie
         r = max_activating(m, sae, prompts, feature[0], k=top_k)
         return r, {"frequency": r.frequency, "max": r.contexts[0].activation if r.contexts else 0.0}
     if analysis == "attribution" and corrupted is None:
-        r = direct_attribution(m, sae, prompts[0], answer, wrong, top_k=top_k)
+        r = direct_attribution(m, sae, prompts[0], answer, baseline, top_k=top_k)
         return r, {"total": r.total, "features": r.sum_of_features, "error_term": r.error_term}
-    metric = logit_diff(m, answer, wrong) if answer else None
+    metric = logit_diff(m, answer, baseline) if answer else None
     if analysis == "attribution":
         r = feature_patch(m, sae, prompts[0], corrupted, metric, top_k=top_k)
         return r, {"clean": r.clean_value, "corrupted": r.corrupted_value}
     if analysis == "ablate":
         if metric is None:
-            raise ToolError("analysis='ablate' needs answer (and optionally wrong) to score")
+            raise ToolError("analysis='ablate' needs answer (and optionally baseline) to score")
         r = ablate_features(m, sae, prompts[0], feature, metric)
         return r, {"base": r.base_value, "all_ablated": r.effects[-1].value}
     r = steer_feature(m, sae, prompts[0], feature[0], mode, coefficients, max_new_tokens=16,
-                               tokens=[t for t in (answer, wrong) if t])
+                               tokens=[t for t in (answer, baseline) if t])
     return r, {f"x{g.coefficient:g}": next(iter(g.logit_shifts.values()), 0.0) for g in r.generations}
 
 
