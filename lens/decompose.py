@@ -10,22 +10,18 @@ weight w is applied here (TransformerLens assumes it was folded into the next ma
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
-PosSlice = int | slice | Sequence[int] | torch.Tensor | None
+from lens.slicing import Slice, SliceInput
+
+PosSlice = Slice | SliceInput
 
 
 def pos_select(x: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tensor:
-    """x restricted to pos_slice along its pos axis `dim`; an int keeps the axis (length 1)."""
-    if pos_slice is None:
-        return x
-    if isinstance(pos_slice, int):
-        pos_slice = slice(pos_slice, pos_slice + 1 or None)
-    elif not isinstance(pos_slice, slice):
-        pos_slice = torch.as_tensor(pos_slice)
-    return x[(slice(None),) * (x.dim() + dim) + (pos_slice,)]
+    """x restricted to pos_slice along its pos axis `dim`, as TransformerLens's Slice: an int drops the axis."""
+    return Slice(pos_slice).apply(x, dim)
 
 
 class ResidualAnalyses:
@@ -43,28 +39,40 @@ class ResidualAnalyses:
         """Whether an MLP reads resid_mid (sequential blocks) rather than resid_pre (parallel)."""
         return not self.model.cfg.parallel_attn_mlp
 
-    def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice) -> torch.Tensor:
+    def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice,
+                     batch_slice=None) -> torch.Tensor:
         """The linear part of a norm with its cached scale: (x - mean) / scale * w."""
         cfg, w = self.model.cfg, self.model.weights
         if layer is None:
             scale, weight = self["ln_final.hook_scale"], w.ln_final_w
         else:
             scale, weight = self[f"blocks.{layer}.{norm}.hook_scale"], getattr(w, f"{norm}_w")[layer]
+        if batch_slice is not None and self.has_batch_dim:
+            scale = Slice(batch_slice).apply(scale, 0)
         if cfg.norm == "layernorm":
             x = x - x.mean(-1, keepdim=True)
         return (x / pos_select(scale, pos_slice) * (weight.float() + cfg.norm_weight_offset)).to(x.dtype)
 
     def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None, mlp_input: bool = False,
-                          pos_slice: PosSlice = None) -> torch.Tensor:
+                          pos_slice: PosSlice = None, batch_slice=None, has_batch_dim: bool = True,
+                          recompute_ln: bool = False) -> torch.Tensor:
         """Each term of a stack as the norm reading it sees it, with the norm's cached scale:
-        ln_final for layer None / n_layers, else ln1 of `layer` (ln2 with mlp_input)."""
+        ln_final for layer None / n_layers, else ln1 of `layer` (ln2 with mlp_input). The norm's weight
+        is applied (TransformerLens leaves it to a folded W_U; with fold_ln it is 1, so both agree).
+        recompute_ln (final norm only): run the final norm on each term with its own statistics, weight
+        and bias included, as TransformerLens's logit lens does. batch_slice: the batch rows the stack
+        holds (has_batch_dim=False: it has no batch axis)."""
         layer = self._layer(layer)
+        if batch_slice is not None and has_batch_dim:
+            residual_stack = Slice(batch_slice).apply(residual_stack, 1)
+        if recompute_ln and layer == self.model.cfg.n_layers:
+            return torch.stack([self.model.ln_final(term) for term in residual_stack])
         if layer == self.model.cfg.n_layers:
-            return self._frozen_norm(residual_stack, "ln_final", None, pos_slice)
+            return self._frozen_norm(residual_stack, "ln_final", None, pos_slice, batch_slice)
         if not self.model.cfg.pre_norms:  # the layer reads the residual without a norm
             return residual_stack
         mlp_norm = self.model.blocks[layer].mlp_norm
-        return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice)
+        return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice, batch_slice)
 
     def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels):
         if apply_ln:
@@ -76,7 +84,9 @@ class ResidualAnalyses:
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
                           pos_slice: PosSlice = None, mlp_input: bool = False, return_labels: bool = False):
         """[n_points, batch, pos, d_model]: resid_pre of layers 0..layer (resid_mid too with
-        incl_mid); layer None ends with the final resid_post. Labels '0_pre', '0_mid', ..., 'final_post'."""
+        incl_mid); layer None ends with the final resid_post. Labels '0_pre', '0_mid', ..., 'final_post'.
+        apply_ln up to the unembedding (layer None) runs the final norm on each point with its own
+        statistics (the logit lens, as TransformerLens 3.x); up to a layer, that layer's cached scale."""
         layer, n = self._layer(layer), self.model.cfg.n_layers
         stack, labels = [], []
         for i in range(min(layer + 1, n)):
@@ -89,6 +99,9 @@ class ResidualAnalyses:
             stack.append(self["resid_post", n - 1])
             labels.append("final_post")
         stack = pos_select(torch.stack(stack), pos_slice)
+        if apply_ln and layer == n:
+            stack = self.apply_ln_to_stack(stack, layer, recompute_ln=True)
+            return (stack, labels) if return_labels else stack
         return self._finish(stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
@@ -117,8 +130,8 @@ class ResidualAnalyses:
 
     def _heads(self, i: int, pos_slice: PosSlice) -> torch.Tensor:
         """[n_heads, batch, pos, d_model]: layer i's heads' writes to the residual (no bias)."""
-        z = pos_select(self["z", i], pos_slice, dim=-3)  # [batch, pos, head, d_head]
-        result = torch.einsum("...phe,hed->h...pd", z, self.model.W_O[i])
+        z = pos_select(self["z", i], pos_slice, dim=-3)  # [batch, (pos,) head, d_head]
+        result = torch.einsum("...he,hed->h...d", z, self.model.W_O[i])
         return self._frozen_norm(result, "ln1_post", i, pos_slice) if self.model.cfg.post_norms else result
 
     def _neurons(self, i: int, pos_slice: PosSlice, neurons: torch.Tensor) -> torch.Tensor:
@@ -127,7 +140,7 @@ class ResidualAnalyses:
             raise ValueError("mixture-of-experts layers have no per-neuron decomposition (expert neurons are "
                              "not hook points); use expand_neurons=False or a decomposition by head/layer")
         post = pos_select(self["post", i], pos_slice)[..., neurons]
-        result = torch.einsum("...pn,nd->n...pd", post, self.model.W_out[i][neurons])
+        result = torch.einsum("...n,nd->n...d", post, self.model.W_out[i][neurons])
         return self._frozen_norm(result, "ln2_post", i, pos_slice) if self.model.cfg.post_norms else result
 
     def _bias(self, name: str, i: int, pos_slice: PosSlice) -> torch.Tensor:
@@ -162,7 +175,7 @@ class ResidualAnalyses:
         Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice."""
         layer = self._layer(layer)
         neurons = torch.arange(self.model.cfg.d_mlp)
-        neurons = neurons if neuron_slice is None else neurons[neuron_slice].reshape(-1)
+        neurons = Slice(neuron_slice).apply(neurons).reshape(-1)
         stack = torch.cat([self._neurons(i, pos_slice, neurons) for i in range(layer)])
         labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neurons]
         if incl_remainder:
@@ -209,7 +222,7 @@ class ResidualAnalyses:
         if incorrect_tokens is not None:
             directions = directions - self._unembed_directions(incorrect_tokens)
         scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
-        if directions.dim() == 2:  # one direction per batch row
+        if directions.dim() == 2 and scaled.dim() == 4:  # one direction per batch row, the pos axis kept
             directions = directions[:, None, :]
         return (scaled * directions).sum(-1)
 

@@ -116,9 +116,8 @@ def _center_unembed(model) -> str:
 
 
 def _fold_value_biases(model) -> str:
-    cfg, w = model.cfg, model.weights
-    group = cfg.n_heads // cfg.n_kv_heads
-    b_V = w.head_view("b_V").repeat_interleave(group, dim=1)  # [n_layers, n_heads, d_head]
+    w = model.weights
+    b_V = w.head_view("b_V")  # [n_layers, n_heads, d_head], kv heads repeated per group
     w.b_O += torch.einsum("lhe,lhed->ld", b_V, w.head_view("W_O"))
     w.b_V.zero_()
     return "fold_value_biases: b_V folded into b_O"

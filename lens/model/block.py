@@ -19,12 +19,13 @@ class Block(LayerComponent):
         self.cfg, self.layer = cfg, layer
         self.adopt(weights, layer)
         if cfg.pre_norms:
-            self.ln1 = Norm(cfg)
+            self.ln1 = Norm(cfg, weights=weights, name="ln1", slot=layer)
         if cfg.pre_norms and not cfg.shared_norm:
-            self.ln2 = Norm(cfg)
+            self.ln2 = Norm(cfg, weights=weights, name="ln2", slot=layer)
         self.mlp_norm = "ln1" if cfg.shared_norm else "ln2"
         if cfg.post_norms:
-            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
+            self.ln1_post = Norm(cfg, weights=weights, name="ln1_post", slot=layer)
+            self.ln2_post = Norm(cfg, weights=weights, name="ln2_post", slot=layer)
         self.attn = Attention(cfg, weights, layer)
         self.mlp = MoE(cfg, weights, layer) if cfg.n_experts else MLP(cfg, weights, layer)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]

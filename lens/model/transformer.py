@@ -50,7 +50,7 @@ class HookedTransformer(nn.Module):
         if cfg.positions == "learned":
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(Block(cfg, self.weights, i) for i in range(cfg.n_layers))
-        self.ln_final = Norm(cfg)
+        self.ln_final = Norm(cfg, weights=self.weights, name="ln_final")
         self.rotary_configs = sorted({cfg.layer_rotary(i) for i in range(cfg.n_layers)}, key=repr) \
             if cfg.positions == "rotary" else []
         for i, rc in enumerate(self.rotary_configs):
@@ -110,12 +110,16 @@ class HookedTransformer(nn.Module):
     # --- weights, as views (stacked over layers; per layer on model.blocks[i]) ------
 
     W_Q = _stacked("W_Q", "[n_layers, n_heads, d_model, d_head]")
-    W_K = _stacked("W_K", "[n_layers, n_kv_heads, d_model, d_head]")
-    W_V = _stacked("W_V", "[n_layers, n_kv_heads, d_model, d_head]")
+    W_K = _stacked("W_K", "[n_layers, n_heads, d_model, d_head]; with GQA each kv head repeated (a copy)")
+    W_V = _stacked("W_V", "[n_layers, n_heads, d_model, d_head]; with GQA each kv head repeated (a copy)")
+    _W_K = _stacked("_W_K", "[n_layers, n_kv_heads, d_model, d_head]: the stored kv heads (a view)")
+    _W_V = _stacked("_W_V", "[n_layers, n_kv_heads, d_model, d_head]: the stored kv heads (a view)")
     W_O = _stacked("W_O", "[n_layers, n_heads, d_head, d_model]")
     b_Q = _stacked("b_Q", "[n_layers, n_heads, d_head]")
-    b_K = _stacked("b_K", "[n_layers, n_kv_heads, d_head]")
-    b_V = _stacked("b_V", "[n_layers, n_kv_heads, d_head]")
+    b_K = _stacked("b_K", "[n_layers, n_heads, d_head]; with GQA each kv head repeated")
+    b_V = _stacked("b_V", "[n_layers, n_heads, d_head]; with GQA each kv head repeated")
+    _b_K = _stacked("_b_K", "[n_layers, n_kv_heads, d_head]")
+    _b_V = _stacked("_b_V", "[n_layers, n_kv_heads, d_head]")
     b_O = property(lambda self: self.weights.b_O, doc="[n_layers, d_model]")
     W_in = property(lambda self: self.weights.W_in, doc="[n_layers, d_model, d_mlp]")
     W_gate = property(lambda self: self.weights.W_gate, doc="[n_layers, d_model, d_mlp]")
@@ -126,9 +130,9 @@ class HookedTransformer(nn.Module):
     W_pos = property(lambda self: self.weights.W_pos, doc="[n_ctx, d_model]")
     W_U = property(lambda self: self.weights.unembedding(), doc="[d_model, d_vocab]")
     b_U = property(lambda self: self.weights.b_U, doc="[d_vocab]")
-    QK = property(lambda self: qk_circuit(self.W_Q, self.W_K),
+    QK = property(lambda self: qk_circuit(self.W_Q, self._W_K),
                   doc="FactoredMatrix W_Q W_K^T [n_layers, n_heads, d_model, d_model], kv heads repeated per group")
-    OV = property(lambda self: ov_circuit(self.W_V, self.W_O),
+    OV = property(lambda self: ov_circuit(self._W_V, self.W_O),
                   doc="FactoredMatrix W_V W_O [n_layers, n_heads, d_model, d_model], kv heads repeated per group")
 
     def all_composition_scores(self, mode: CompositionKind) -> torch.Tensor:
@@ -311,7 +315,8 @@ class HookedTransformer(nn.Module):
         if stop < self.cfg.n_layers:
             return resid
         resid = resid.to(self.device)  # the last block may sit on another device
-        if return_type is None:
+        if return_type is None:  # the final norm still runs, so its hooks fire (as in TransformerLens)
+            self.ln_final(resid)
             return None
         logits = self.unembed(resid)
         if return_type == "logits":
@@ -350,8 +355,7 @@ class HookedTransformer(nn.Module):
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm and unembedding of a residual stream [batch, pos, d_model] → logits."""
         w = self.weights
-        x = self.ln_final(resid, w.ln_final_w, w.ln_final_b if self.cfg.norm == "layernorm" else None)
-        logits = linear(x, w.unembedding(), w.b_U)
+        logits = linear(self.ln_final(resid), w.unembedding(), w.b_U)
         if self.cfg.final_logit_softcap is not None:
             cap = self.cfg.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap
