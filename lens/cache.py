@@ -12,7 +12,7 @@ import torch
 
 from lens.decompose import ResidualAnalyses
 from lens.errors import HookWouldNotFireError
-from lens.hooks import ON_REQUEST, resolve_key, unknown_hook
+from lens.hooks import resolve_key, unknown_hook
 from lens.memory import keep_freed_memory
 
 
@@ -94,7 +94,7 @@ def cached_names(model, names_filter, start_at_layer=None, stop_at_layer=None) -
         names = model._hooks.select(names_filter)
     else:
         return model._hooks.select(names_filter)
-    return [n for n in names if n.rsplit(".", 1)[-1] not in ON_REQUEST]
+    return [n for n in names if model.cached_by_default(n.rsplit(".", 1)[-1])]
 
 
 def run_with_cache(model, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,

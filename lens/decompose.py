@@ -37,7 +37,7 @@ class ResidualAnalyses:
     @property
     def _mlp_reads_mid(self) -> bool:
         """Whether an MLP reads resid_mid (sequential blocks) rather than resid_pre (parallel)."""
-        return not self.model.cfg.parallel_attn_mlp
+        return not (self.model.cfg.parallel_attn_mlp or self.model.cfg.attn_only)
 
     def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice,
                      batch_slice=None) -> torch.Tensor:
@@ -122,7 +122,7 @@ class ResidualAnalyses:
             if mode != "mlp":
                 stack.append(self["attn_out", i])
                 labels.append(f"{i}_attn_out")
-            if mode != "attn" and i < layer:
+            if mode != "attn" and i < layer and not self.model.cfg.attn_only:
                 stack.append(self["mlp_out", i])
                 labels.append(f"{i}_mlp_out")
         stack = pos_select(torch.stack(stack), pos_slice)
@@ -194,7 +194,7 @@ class ResidualAnalyses:
         for i in range(n_attn):
             parts.append(self._heads(i, pos_slice))
             labels += [f"L{i}H{h}" for h in range(cfg.n_heads)]
-        for i in range(layer):
+        for i in range(0 if cfg.attn_only else layer):
             if expand_neurons:
                 parts.append(self._neurons(i, pos_slice, torch.arange(cfg.d_mlp)))
                 labels += [f"L{i}N{n}" for n in range(cfg.d_mlp)]
@@ -206,7 +206,7 @@ class ResidualAnalyses:
         labels += embed_labels
         bias = sum((self._bias("b_O", i, pos_slice) for i in range(n_attn)),
                    torch.zeros_like(embeds[:1]))
-        if expand_neurons:
+        if expand_neurons and not cfg.attn_only:
             bias = bias + sum((self._bias("b_out", i, pos_slice) for i in range(layer)), torch.zeros_like(bias))
         parts.append(bias)
         labels.append("bias")

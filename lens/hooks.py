@@ -188,8 +188,9 @@ class HookRegistry:
             if handle in self.handles:
                 self.handles.remove(handle)
 
-    def reset(self, including_permanent: bool = False) -> None:
-        self.remove([h for h in list(self.handles) if including_permanent or not h.permanent])
+    def reset(self, including_permanent: bool = False, direction: Direction | None = None) -> None:
+        self.remove([h for h in list(self.handles) if (including_permanent or not h.permanent)
+                     and direction in (None, h.direction)])
 
     def hooked(self) -> list[str]:
         return [name for name, point in self.points.items() if point.has_hooks]

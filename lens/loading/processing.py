@@ -133,3 +133,4 @@ def _untie(model) -> None:
     for module in model.modules():  # the model, its weights and components share one config
         if getattr(module, "cfg", None) is not None:
             module.cfg = cfg
+    model._sync_cfg_device()

@@ -6,6 +6,7 @@ lens/loading, caching in lens/cache, tokenization in lens/tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Literal, NamedTuple, Sequence
 
@@ -15,6 +16,8 @@ from torch import nn
 
 from lens import generation
 from lens import tokens as tok
+from lens.compat.config import HookedTransformerConfig
+from lens.compat.model import TransformerLensMethods
 from lens.config import ModelConfig
 from lens.errors import HookWouldNotFireError, SequenceTooLongError
 from lens.factored import CompositionKind, composition_scores, ov_circuit, qk_circuit
@@ -23,7 +26,7 @@ from lens.model.attention import ForwardContext
 from lens.model.block import Block
 from lens.model.kv_cache import KVCache
 from lens.model.norm import Norm
-from lens.model.ops import linear
+from lens.model.embed import Embed, PosEmbed, Unembed
 from lens.model.rotary import cos_sin, inverse_frequencies
 from lens.model.weights import Weights
 from lens.tokens import PaddingSide
@@ -40,17 +43,28 @@ def _stacked(name: str, doc: str):
     return property(lambda self: self.weights.head_view(name), doc=doc)
 
 
-class HookedTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, tokenizer=None, dtype: torch.dtype = torch.float32, device=None):
+class HookedTransformer(TransformerLensMethods, nn.Module):
+    def __init__(self, cfg: ModelConfig | HookedTransformerConfig | dict, tokenizer=None,
+                 dtype: torch.dtype = torch.float32, device=None, default_padding_side: PaddingSide = "right"):
+        """Empty weights for a ModelConfig (from_pretrained / from_config fill them); for TransformerLens's
+        HookedTransformerConfig (or its dict), random weights as TransformerLens initialises them."""
         super().__init__()
-        self.cfg = cfg
+        tl_cfg = HookedTransformerConfig.unwrap(cfg) if isinstance(cfg, (dict, HookedTransformerConfig)) else None
+        if tl_cfg is not None:
+            cfg, dtype, device = tl_cfg.to_model_config(), tl_cfg.dtype, tl_cfg.device
+            default_padding_side = tl_cfg.default_padding_side
+        self.cfg = cfg = dataclasses.replace(cfg)  # its own copy: it records the model's device
         self.tokenizer = tokenizer
+        self.default_padding_side = default_padding_side
         self.weights = Weights(cfg, dtype=dtype, device=device)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positions == "learned":
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList(Block(cfg, self.weights, i) for i in range(cfg.n_layers))
         self.ln_final = Norm(cfg, weights=self.weights, name="ln_final")
+        self.embed, self.unembed = Embed(self.weights), Unembed(self.weights)
+        if cfg.positions == "learned":
+            self.pos_embed = PosEmbed(self.weights)
         self.rotary_configs = sorted({cfg.layer_rotary(i) for i in range(cfg.n_layers)}, key=repr) \
             if cfg.positions == "rotary" else []
         for i, rc in enumerate(self.rotary_configs):
@@ -59,6 +73,17 @@ class HookedTransformer(nn.Module):
         self._hooks = HookRegistry(self.hook_dict, cfg.n_layers)
         self.load_info: dict = {}  # where the weights came from; set by the loader
         self.device_map: dict | None = None  # set by dispatch()
+        self._sync_cfg_device()
+        if tl_cfg is not None and tl_cfg.init_weights:
+            self.weights.init_random(tl_cfg.seed or 0, std=tl_cfg.initializer_range)
+        for flag in ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in"):
+            if tl_cfg is not None and getattr(tl_cfg, flag):
+                getattr(self, f"set_{flag}")(True)
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): keep cfg.device current
+        super()._apply(fn, recurse)
+        self._sync_cfg_device()
+        return self
 
     # --- construction (implemented in lens.loading) ---------------------------------
 
@@ -208,9 +233,13 @@ class HookedTransformer(nn.Module):
     # --- tokenization ------------------------------------------------------------
 
     def to_tokens(self, input: str | Sequence[str], prepend_bos: bool | None = None,
-                  padding_side: str | None = None) -> torch.Tensor:
-        """[batch, pos] token ids; lists are padded (right by default)."""
-        return tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side)[0].to(self.device)
+                  padding_side: str | None = None, move_to_device: bool = True, truncate: bool = True) -> torch.Tensor:
+        """[batch, pos] token ids; lists are padded (right by default: `default_padding_side`).
+        truncate: cut to the context window n_ctx (as TransformerLens); False leaves longer inputs whole."""
+        tokens = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side or self.default_padding_side)[0]
+        if truncate:
+            tokens = tokens[:, :self.cfg.n_ctx]
+        return tokens.to(self.device) if move_to_device else tokens
 
     def to_string(self, tokens) -> str | list[str]:
         tokens = torch.as_tensor(tokens)
@@ -220,7 +249,12 @@ class HookedTransformer(nn.Module):
         return [tokenizer.decode(row.tolist()) for row in tokens]
 
     def to_str_tokens(self, input, prepend_bos: bool | None = None) -> list[str]:
-        """Each token as its own string, e.g. ['The', ' E', 'iff', 'el', ...]."""
+        """Each token as its own string, e.g. ['The', ' E', 'iff', 'el', ...]; a list of strings or
+        a batch of token rows gives one such list per item."""
+        if isinstance(input, list) and input and isinstance(input[0], (str, list, torch.Tensor)):
+            return [self.to_str_tokens(item, prepend_bos) for item in input]
+        if isinstance(input, torch.Tensor) and input.dim() == 2 and input.shape[0] > 1:
+            return [self.to_str_tokens(row, prepend_bos) for row in input]
         if isinstance(input, str):
             input = self.to_tokens(input, prepend_bos)[0]
         input = torch.as_tensor(input)
@@ -269,7 +303,8 @@ class HookedTransformer(nn.Module):
                                 f"(pass a residual stream only with start_at_layer)")
             mask = attention_mask
         else:
-            tokens, mask = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side)
+            tokens, mask = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos,
+                                        padding_side or self.default_padding_side)
             if attention_mask is not None:
                 mask = attention_mask
         tokens = tokens.to(self.device)
@@ -318,7 +353,7 @@ class HookedTransformer(nn.Module):
         if return_type is None:  # the final norm still runs, so its hooks fire (as in TransformerLens)
             self.ln_final(resid)
             return None
-        logits = self.unembed(resid)
+        logits = self.final_logits(resid)
         if return_type == "logits":
             return logits
         if tokens is None:
@@ -352,10 +387,10 @@ class HookedTransformer(nn.Module):
             resid = resid + self.hook_pos_embed(self.weights.W_pos[positions])
         return resid
 
-    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Final norm and unembedding of a residual stream [batch, pos, d_model] → logits."""
-        w = self.weights
-        logits = linear(self.ln_final(resid), w.unembedding(), w.b_U)
+    def final_logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """The final norm, the unembedding and any logit soft-cap of a residual stream [batch, pos, d_model]
+        → logits (`model.unembed(x)` is the unembedding alone, as in TransformerLens)."""
+        logits = self.unembed(self.ln_final(resid))
         if self.cfg.final_logit_softcap is not None:
             cap = self.cfg.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap

@@ -35,12 +35,12 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "W_in": (L, D, M), "b_in": (L, M),
         "W_out": (L, M, D), "b_out": (L, D),
         "ln_final_w": (D,),
-        "b_U": (V,),
+        "b_U": (cfg.d_vocab_out,),
     }
     if cfg.positions == "learned":
         shapes["W_pos"] = (cfg.n_ctx, D)
     if not cfg.tied_embeddings:
-        shapes["W_U"] = (D, V)
+        shapes["W_U"] = (D, cfg.d_vocab_out)
     if cfg.gated_mlp:
         shapes["W_gate"] = (L, D, M)
     if cfg.n_experts:  # every MLP weight gains an expert axis after the layer axis
