@@ -24,9 +24,9 @@ from lens.factored import CompositionKind, composition_scores, ov_circuit, qk_ci
 from lens.hooks import HookFn, HookPoint, HookRegistry, NameOrFilter
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
+from lens.model.embed import Embed, PosEmbed, Unembed
 from lens.model.kv_cache import KVCache
 from lens.model.norm import Norm
-from lens.model.embed import Embed, PosEmbed, Unembed
 from lens.model.rotary import cos_sin, inverse_frequencies
 from lens.model.weights import Weights
 from lens.tokens import PaddingSide
