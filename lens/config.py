@@ -135,3 +135,5 @@ class ModelConfig(TransformerLensNames):
         if data.get("sliding_windows") is not None:
             data["sliding_windows"] = tuple(data["sliding_windows"])
         return cls(**data)
+
+# TransformerLens names it so (`from transformer_lens.config import HookedTransformerConfig`); it maps to ModelConfig.

@@ -43,6 +43,7 @@ class FactoredMatrix:
     shape = property(lambda self: self.A.shape[:-2] + (self.ldim, self.rdim), doc="[..., ldim, rdim]")
     ndim = property(lambda self: len(self.shape))
     pair = property(lambda self: (self.A, self.B))
+    has_leading_dims = property(lambda self: self.A.ndim > 2, doc="whether it is a stack of matrices")
 
     @property
     def AB(self) -> Tensor:
@@ -83,7 +84,10 @@ class FactoredMatrix:
             return FactoredMatrix(other @ self.A, self.B)
         return FactoredMatrix(other, self.AB)
 
-    def __mul__(self, scalar: float) -> FactoredMatrix:
+    def __mul__(self, scalar: float | Tensor) -> FactoredMatrix:
+        if isinstance(scalar, Tensor) and scalar.numel() != 1:
+            raise ValueError(f"a FactoredMatrix multiplies by a scalar only, not a tensor of shape "
+                             f"{tuple(scalar.shape)}; for a matrix product use @")
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
@@ -107,6 +111,7 @@ class FactoredMatrix:
     U = property(lambda self: self._svd[0], doc="[..., ldim, k] left singular vectors")
     S = property(lambda self: self._svd[1], doc="[..., k] singular values, descending")
     Vh = property(lambda self: self._svd[2], doc="[..., rdim, k] right singular vectors (columns)")
+    V = Vh  # TransformerLens's name for the same [..., rdim, k]
 
     @cached_property
     def eigenvalues(self) -> Tensor:
@@ -136,8 +141,8 @@ class FactoredMatrix:
 
     def __getitem__(self, idx) -> FactoredMatrix:
         """Index the leading dims first (`model.OV[3, 5]`: layer 3, head 5; `model.OV[3]`: layer 3), then,
-        given more indices, the rows and the columns with slices or index lists (an int there would
-        leave a vector, not a matrix)."""
+        given more indices, the rows and the columns with slices or index lists; an int there keeps
+        that row or column as a dimension of length 1 (as TransformerLens), so the result stays a matrix."""
         idx = idx if isinstance(idx, tuple) else (idx,)
         if any(i is None or i is Ellipsis for i in idx):
             raise IndexError("FactoredMatrix indexing takes no None or ..., only one index per dimension")
@@ -145,8 +150,7 @@ class FactoredMatrix:
             raise IndexError(f"{len(idx)} indices for a FactoredMatrix of {self.ndim} dimensions")
         n_leading = self.ndim - 2
         leading, matrix = idx[:n_leading], idx[n_leading:]
-        if any(isinstance(i, int) for i in matrix):
-            raise IndexError("index the rows and columns of a FactoredMatrix with slices or lists, not ints")
+        matrix = tuple(slice(i, i + 1 or None) if isinstance(i, int) else i for i in matrix)
         A, B = self.A[leading], self.B[leading]
         if len(matrix) >= 1:
             A = A[..., matrix[0], :]

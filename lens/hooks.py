@@ -62,9 +62,33 @@ class HookPoint(nn.Module):
     def _run_bwd(self, grad: torch.Tensor, fns) -> torch.Tensor:
         for fn in fns:
             out = fn(grad, self)
+            if isinstance(out, tuple):  # TransformerLens's backward hooks may return (grad,)
+                out = out[0]
             if out is not None:
                 grad = out
         return grad
+
+    # TransformerLens's per-point API; hooks added here are removed by the model's reset_hooks() too.
+    def add_hook(self, hook: HookFn, dir: Direction = "fwd", is_permanent: bool = False, level=None,
+                 prepend: bool = False) -> HookHandle:
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"hook direction must be 'fwd' or 'bwd', not {dir!r}")
+        fns = self.fwd_fns if dir == "fwd" else self.bwd_fns
+        fns.insert(0, hook) if prepend else fns.append(hook)
+        handle = HookHandle(self, hook, dir, is_permanent)
+        self.__dict__.setdefault("own_handles", []).append(handle)
+        return handle
+
+    def remove_hooks(self, dir: Direction | Literal["both"] = "fwd", including_permanent: bool = False,
+                     level=None) -> None:
+        """Remove the hooks in direction `dir` ('fwd', 'bwd' or 'both'), the permanent ones too if asked."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', not {dir!r}")
+        own = self.__dict__.get("own_handles", [])
+        for handle in list(own):
+            if dir in ("both", handle.direction) and (including_permanent or not handle.permanent):
+                handle.remove()
+                own.remove(handle)
 
     def extra_repr(self) -> str:
         return self.name
@@ -191,6 +215,9 @@ class HookRegistry:
     def reset(self, including_permanent: bool = False, direction: Direction | None = None) -> None:
         self.remove([h for h in list(self.handles) if (including_permanent or not h.permanent)
                      and direction in (None, h.direction)])
+        for point in self.points.values():
+            if point.__dict__.get("own_handles"):
+                point.remove_hooks(direction or "both", including_permanent)
 
     def hooked(self) -> list[str]:
         return [name for name, point in self.points.items() if point.has_hooks]

@@ -113,8 +113,10 @@ def test_indexing_equals_indexing_the_dense_product(fm):
     assert_close(fm[1, 2].AB, dense[1, 2], 1e-12, "fm[1, 2]")
     assert_close(fm[:, [0, 2]].AB, dense[:, [0, 2]], 1e-12, "fm[:, [0, 2]]")
     assert_close(fm[0, 1, 2:5, 1:6].AB, dense[0, 1, 2:5, 1:6], 1e-12, "rows and columns")
+    assert_close(fm[0, 1, 2].AB, dense[0, 1, 2:3], 1e-12, "an int row stays a dimension of length 1")
+    assert_close(fm[0, 1, :, -1].AB, dense[0, 1, :, -1:], 1e-12, "an int column stays a dimension of length 1")
     with pytest.raises(IndexError):
-        fm[0, 1, 2]  # one row would be a vector
+        fm[0, 1, 2, 3, 4]  # more indices than dimensions
 
 
 def test_get_corner_equals_the_dense_corner(fm):
