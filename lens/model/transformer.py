@@ -32,6 +32,7 @@ from lens.model.weights import Weights
 from lens.tokens import PaddingSide
 
 ReturnType = Literal["logits", "loss", "both", None]
+Processing = Literal["none", "transformer_lens"]
 
 
 class Output(NamedTuple):
@@ -89,22 +90,35 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device=None, dtype: torch.dtype = torch.float32,
-                        fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
-                        fold_value_biases: bool = False, device_map: dict | str | None = None,
-                        n_devices: int | None = None, max_memory: dict | None = None,
-                        offload_folder: str | None = None) -> HookedTransformer:
+                        processing: Processing = "none", fold_ln: bool | None = None,
+                        center_writing_weights: bool | None = None, center_unembed: bool | None = None,
+                        fold_value_biases: bool | None = None, refactor_factored_attn_matrices: bool = False,
+                        device_map: dict | str | None = None, n_devices: int | None = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None) -> HookedTransformer:
         """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file.
 
-        device None = cuda when available; dtype float32 (default), bfloat16 or float16. The
-        weight-processing flags (off by default, so hook values equal HF's) rewrite weights as
-        TransformerLens does: see lens/loading/processing.py. To split a model over devices or
-        offload blocks to CPU/disk, pass device_map (a dict or "auto" with max_memory),
-        or n_devices; see dispatch()."""
+        device None = cuda when available; dtype float32 (default), bfloat16 or float16.
+        Weight processing (see lens/loading/processing.py): processing="none" (lens's default) leaves the
+        weights as the checkpoint has them, so hook values and logits equal HF's; "transformer_lens" turns
+        on TransformerLens's from_pretrained defaults (fold_ln, center_writing_weights, center_unembed,
+        fold_value_biases), so TransformerLens code prints TransformerLens's numbers. A flag given
+        explicitly wins over the preset. To split a model over devices or offload blocks to CPU/disk,
+        pass device_map (a dict or "auto" with max_memory), or n_devices; see dispatch(). n_devices=1
+        on a machine without CUDA loads onto the CPU, as TransformerLens does."""
         from lens.loading import load_pretrained
-        return load_pretrained(name_or_path, device=device, dtype=dtype, fold_ln=fold_ln,
-                               center_writing_weights=center_writing_weights, center_unembed=center_unembed,
-                               fold_value_biases=fold_value_biases, device_map=device_map, n_devices=n_devices,
-                               max_memory=max_memory, offload_folder=offload_folder)
+        if processing not in ("none", "transformer_lens"):
+            raise ValueError(f"processing must be 'none' or 'transformer_lens', not {processing!r}")
+        preset = processing == "transformer_lens"
+        flags = {name: preset if value is None else value for name, value in (
+            ("fold_ln", fold_ln), ("center_writing_weights", center_writing_weights),
+            ("center_unembed", center_unembed), ("fold_value_biases", fold_value_biases))}
+        if n_devices == 1 and device_map is None:
+            n_devices = None  # one device is the plain load
+        model = load_pretrained(name_or_path, device=device, dtype=dtype, **flags, device_map=device_map,
+                                n_devices=n_devices, max_memory=max_memory, offload_folder=offload_folder)
+        if refactor_factored_attn_matrices:
+            model.process_weights(refactor_factored_attn_matrices=True)
+        return model
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
@@ -125,10 +139,12 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         return dispatch(self, device_map, n_devices, max_memory, offload_folder)
 
     def process_weights(self, fold_ln: bool = False, center_writing_weights: bool = False,
-                        center_unembed: bool = False, fold_value_biases: bool = False) -> list[str]:
+                        center_unembed: bool = False, fold_value_biases: bool = False,
+                        refactor_factored_attn_matrices: bool = False) -> list[str]:
         """Apply TransformerLens's weight processing in place (what from_pretrained's flags do)."""
         from lens.loading.processing import process_weights
-        done = process_weights(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        done = process_weights(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases,
+                               refactor_factored_attn_matrices)
         self.load_info["processing"] = self.load_info.get("processing", []) + done
         return done
 

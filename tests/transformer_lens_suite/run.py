@@ -86,6 +86,8 @@ def to_lens(text: str) -> str:
 
 
 def stage(repo: Path, files: list[str], dest: Path, lens: bool) -> None:
+    """Copy the test files (their text moved to lens when `lens`) and, unchanged, the support files
+    (conftest: TransformerLens's test infrastructure, not what is tested)."""
     for rel in SUPPORT + files:
         src = repo / rel
         if not src.exists():
@@ -93,7 +95,7 @@ def stage(repo: Path, files: list[str], dest: Path, lens: bool) -> None:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         text = src.read_text()
-        target.write_text(to_lens(text) if lens else text)
+        target.write_text(to_lens(text) if lens and rel in files else text)
     for folder in {p.parent for p in dest.rglob("*.py")}:  # packages, so same-named test files coexist
         (folder / "__init__.py").touch()
 
@@ -104,11 +106,11 @@ def run(dest: Path, files: list[str], lens: bool, timeout: int) -> dict[str, str
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                PYTHONPATH=f"{ROOT}{os.pathsep}{dest}" if lens else str(dest))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(dest), "--continue-on-collection-errors",
-           f"--junitxml={report}", "-o", "addopts=", *files]
+           f"--junitxml={report}", "-o", "addopts=", "-o", "junit_family=xunit1", *files]
     subprocess.run(cmd, cwd=dest, env=env, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     outcomes = {}
     for case in ET.parse(report).iter("testcase"):
-        test_id = f"{case.get('classname')}::{case.get('name')}"
+        test_id = f"{case.get('file')}::{case.get('classname')}::{case.get('name')}"
         kinds = {child.tag for child in case}
         outcomes[test_id] = ("failed" if "failure" in kinds else "error" if "error" in kinds
                              else "skipped" if "skipped" in kinds else "passed")
@@ -118,7 +120,7 @@ def run(dest: Path, files: list[str], lens: bool, timeout: int) -> dict[str, str
 def per_file(outcomes: dict[str, dict[str, str]]) -> dict[str, list[int]]:
     table: dict[str, list[int]] = {}
     for test_id, o in outcomes.items():
-        row = table.setdefault(test_id.split("::")[0].rsplit(".", 1)[0] if "::" in test_id else test_id, [0, 0, 0])
+        row = table.setdefault(test_id.split("::")[0], [0, 0, 0])
         row[2] += 1
         if o["reference"] == "passed":
             row[1] += 1
