@@ -226,6 +226,36 @@ class ResidualAnalyses:
             directions = directions[:, None, :]
         return (scaled * directions).sum(-1)
 
+    # --- TransformerLens's smaller helpers --------------------------------------------------
+
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
+                         ) -> torch.Tensor:
+        """[layer, ...]: the activation `activation_name` of each layer before `layer` (-1/None: all)."""
+        layer = self._layer(None if layer == -1 else layer)
+        return torch.stack([self[(activation_name, i, sublayer_type)] for i in range(layer)])
+
+    def get_neuron_results(self, layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None,
+                           project_output_onto: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, pos, n_neurons, d_model]: each neuron's write post[n] * W_out[n] (no bias); with
+        project_output_onto [d_model] (or [d_model, k]) its projection, W_out contracted first."""
+        post = pos_select(self["post", layer], pos_slice)  # [batch, (pos,) d_mlp]
+        post = Slice(neuron_slice).apply(post, -1)
+        W_out = Slice(neuron_slice).apply(self.model.blocks[layer].mlp.W_out, 0)  # [n_neurons, d_model]
+        if project_output_onto is None:
+            return post[..., None] * W_out
+        projected = W_out @ project_output_onto
+        return post * projected if projected.dim() == 1 else post[..., None] * projected
+
+    def compute_head_results(self) -> None:
+        """Add each layer's hook_result [batch, pos, n_heads, d_model] (z @ W_O per head) to the cache."""
+        for i in range(self.model.cfg.n_layers):
+            self.cache_dict[f"blocks.{i}.attn.hook_result"] = torch.einsum(
+                "...phe,hed->...phd", self["z", i], self.model.W_O[i])
+
+    def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
+        """W_U[:, token]: [d_model] for one token (a string or an id), [..., d_model] for ids."""
+        return self.model.tokens_to_residual_directions(tokens)
+
     def _unembed_directions(self, tokens) -> torch.Tensor:
         model = self.model
         if isinstance(tokens, str):

@@ -27,7 +27,7 @@ transformers_log_level = logging.getLogger("transformers").level
 TransformerBridge = pytest.importorskip("transformer_lens.model_bridge").TransformerBridge
 logging.getLogger("transformers").setLevel(transformers_log_level)  # its import sets ERROR, process-wide
 import transformer_lens  # noqa: E402
-from transformer_lens.pretrained import weight_conversions  # noqa: E402
+from transformer_lens_reference import legacy_model  # noqa: E402
 
 TOL = 1e-4
 TOKENS = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(0))
@@ -77,36 +77,6 @@ def lens_run(folder, flags):
     return model, {"logits": logits, **dict(cache.items())}, cache
 
 
-def legacy_config(family: str, hf) -> transformer_lens.HookedTransformerConfig:
-    """TransformerLens's config of the tiny HF model, with the fields its own converter of that
-    architecture sets (its convert_hf_model_config reads hub-only fields, e.g. GPT-2's n_ctx)."""
-    c = hf.config
-    if family == "gpt2":
-        fields = dict(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=4 * c.n_embd,
-                      n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
-                      act_fn=c.activation_function, normalization_type="LN", original_architecture="GPT2LMHeadModel")
-    else:
-        fields = dict(d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads,
-                      n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers,
-                      n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn=c.hidden_act,
-                      n_key_value_heads=c.num_key_value_heads, normalization_type="RMS",
-                      positional_embedding_type="rotary", rotary_adjacent_pairs=False,
-                      rotary_dim=c.hidden_size // c.num_attention_heads, rotary_base=c.rope_parameters["rope_theta"],
-                      final_rms=True, gated_mlp=True,
-                      original_architecture={"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family])
-    return transformer_lens.HookedTransformerConfig(**fields, device="cpu", default_prepend_bos=False)
-
-
-def legacy_model(family: str, hf, flags) -> transformer_lens.HookedTransformer:
-    cfg = legacy_config(family, hf)
-    convert = {"gpt2": weight_conversions.convert_gpt2_weights, "llama": weight_conversions.convert_llama_weights,
-               "qwen2": weight_conversions.convert_qwen2_weights}[family]
-    state_dict = {k: v.detach().clone() for k, v in convert(hf, cfg).items()}  # processing edits it in place
-    model = transformer_lens.HookedTransformer(cfg)
-    model.load_and_process_state_dict(state_dict, **{f: f in flags for f in FLAGS})
-    return model
-
-
 def gqa_refuses_attn_in(model) -> bool:
     """The legacy HookedTransformer has no hook_attn_in under grouped-query attention (it asserts)."""
     return isinstance(model, transformer_lens.HookedTransformer) and model.cfg.n_key_value_heads is not None
@@ -150,7 +120,7 @@ def runs(hf_folder, tokenizer):
             hf, folder = hf_folder(family)
             model, ours, our_cache = lens_run(folder, flags)
             theirs, their_cache = (bridge_run(hf, folder, tokenizer, flags) if reference == "bridge"
-                                   else reference_run(legacy_model(family, hf, flags)))
+                                   else reference_run(legacy_model(family, hf, {f: f in flags for f in FLAGS})))
             done[family, flags, reference] = (model, ours, theirs, our_cache, their_cache)
         return done[family, flags, reference]
     return get
