@@ -1,5 +1,7 @@
 """lens: a hooked-transformer engine for mechanistic interpretability."""
 
+import sys
+
 # TransformerLens's module names first (lens.HookedTransformer, lens.utils, ...; see lens/compat), so that the
 # class names bound below are what `from lens import HookedTransformer` gives, as in TransformerLens.
 from lens import ActivationCache as _activation_cache_module  # noqa: F401
@@ -10,6 +12,9 @@ from lens import head_detector as head_detector
 from lens import hook_points as hook_points
 from lens import patching as patching  # interventions: lens.patching
 from lens import utils as utils
+from lens.compat import kv_cache as _kv_cache
+
+sys.modules.setdefault("lens.cache.key_value_cache", _kv_cache)  # TransformerLens's module path for it
 from lens.cache import ActivationCache
 from lens.compat.config import HookedTransformerConfig
 from lens.compat.svd_interpreter import SVDInterpreter

@@ -22,8 +22,7 @@ from conftest import hf_from_gguf
 import lens
 import lens.utils
 
-transformer_lens = pytest.importorskip("transformer_lens")
-import transformer_lens.utils  # noqa: E402
+tl_utils = pytest.importorskip("transformer_lens.utils")
 from transformer_lens_reference import legacy_model  # noqa: E402
 
 PROMPT = "The capital of France is Paris. The capital of Italy is"
@@ -111,7 +110,7 @@ def both(smollm2):
     reference = legacy_model("llama", hf, flags, tokenizer=copy.deepcopy(smollm2.tokenizer))
     ours = lens.HookedTransformer.from_pretrained("smollm2-135m", device="cpu", processing="transformer_lens")
     with torch.no_grad():
-        return main_demo(lens.utils, ours), main_demo(transformer_lens.utils, reference)
+        return main_demo(lens.utils, ours), main_demo(tl_utils, reference)
 
 
 def as_text(value) -> str:
@@ -139,7 +138,7 @@ def test_the_main_demo_finds_what_it_should(both):
     differing position restores it, steering changes the continuation)."""
     ours, _ = both
     assert ours["logit_lens_labels"][-1] == "final_post" and ours["logit_lens_prob"][-1] > ours["logit_lens_prob"][0]
-    clean_diff, corrupt_diff = ours["patching"][0, -2], ours["patching"][0, 0]  # layer 0: only " Italy" matters
+    # At layer 0 the residual holds each token alone: patching the one differing token restores the most.
     assert ours["patching"][0].argmax() == ours["differing"], ours["patching"][0]
     assert not torch.equal(ours["steered"], ours["unsteered"])
     assert "Ranks of the answer tokens" in ours["test_prompt"]

@@ -28,6 +28,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+SUBSTITUTE = True  # from_pretrained builds a small random model (see substitute.py); run.py --no-substitute turns it off
 ROOT = Path(os.environ.get("LENS_ROOT", Path(__file__).resolve().parents[2]))  # the lens checkout to measure
 
 # The kinds issue 14 names: FactoredMatrix, hook points, hooks, ActivationCache, patching, utils,
@@ -103,9 +104,13 @@ def stage(repo: Path, files: list[str], dest: Path, lens: bool) -> None:
 def run(dest: Path, files: list[str], lens: bool, timeout: int) -> dict[str, str]:
     """{test id: passed | failed | error | skipped}."""
     report = dest / "report.xml"
+    here = Path(__file__).resolve().parent
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=f"{ROOT}{os.pathsep}{dest}" if lens else str(dest))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(dest), "--continue-on-collection-errors",
+               SUITE_PACKAGE="lens" if lens else "transformer_lens",
+               PYTHONPATH=os.pathsep.join([*([str(ROOT)] if lens else []), str(dest), str(here), str(here.parents[1])]))
+    plugin = ["-p", "substitute"] if SUBSTITUTE else []
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "--rootdir", str(dest),
+           "--continue-on-collection-errors",
            f"--junitxml={report}", "-o", "addopts=", "-o", "junit_family=xunit1", *files]
     subprocess.run(cmd, cwd=dest, env=env, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     outcomes = {}
@@ -134,8 +139,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tl_suite.json")
     parser.add_argument("--timeout", type=int, default=3000)
     parser.add_argument("--reference-from", type=Path, help="reuse the reference outcomes of an earlier --out")
+    parser.add_argument("--no-substitute", action="store_true", help="leave from_pretrained as it is (offline, "
+                        "every test that loads a hub model then fails on both sides)")
     parser.add_argument("files", nargs="*", help="a subset of FILES")
     args = parser.parse_args()
+    global SUBSTITUTE
+    SUBSTITUTE = not args.no_substitute
     files = args.files or FILES
     outcomes: dict[str, dict[str, str]] = {}
     sides = ("reference", "lens")
