@@ -42,3 +42,8 @@ class ModelFileNotFoundError(LensError, FileNotFoundError):
 
 class InsufficientMemoryError(LensError, MemoryError):
     """A model whose weights would not fit in the memory of the chosen device."""
+
+
+class ShapeMismatchError(ValueError, AssertionError):
+    """Operands whose shapes do not fit (a FactoredMatrix product, a non-square BA). A ValueError, and an
+    AssertionError too because TransformerLens asserts on the same mistakes, so code catching either works."""

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from lens.errors import ShapeMismatchError
+
 if TYPE_CHECKING:
     from lens.model.transformer import HookedTransformer
 
@@ -31,7 +33,7 @@ class FactoredMatrix:
 
     def __init__(self, A: Tensor, B: Tensor):
         if A.ndim < 2 or B.ndim < 2 or A.shape[-1] != B.shape[-2]:
-            raise ValueError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; got A "
+            raise ShapeMismatchError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; got A "
                              f"{tuple(A.shape)}, B {tuple(B.shape)}")
         leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         self.A = A.broadcast_to(leading + A.shape[-2:])  # [..., ldim, mdim], a view
@@ -54,7 +56,7 @@ class FactoredMatrix:
     def BA(self) -> Tensor:
         """The reverse product [..., mdim, mdim]; defined only for a square A @ B."""
         if self.ldim != self.rdim:
-            raise ValueError(f"B @ A needs a square A @ B (ldim == rdim); this one is {tuple(self.shape)}")
+            raise ShapeMismatchError(f"B @ A needs a square A @ B (ldim == rdim); this one is {tuple(self.shape)}")
         return self.B @ self.A
 
     @property
@@ -67,9 +69,11 @@ class FactoredMatrix:
         if isinstance(other, FactoredMatrix):
             return (self @ other.A) @ other.B
         if other.ndim == 1:  # a vector: the result is a vector, nothing is left to factor
-            return (self.A @ (self.B @ other[:, None]))[..., 0]
+            if other.shape[-1] != self.rdim:
+                raise ShapeMismatchError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
+            return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.shape[-2] != self.rdim:
-            raise ValueError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
+            raise ShapeMismatchError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
         # The inner dimension stays min(mdim, rdim): fold `other` into B, or B into A when B is not wider.
         if self.rdim > self.mdim:
             return FactoredMatrix(self.A, self.B @ other)
@@ -77,16 +81,18 @@ class FactoredMatrix:
 
     def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
         if other.ndim == 1:
-            return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
+            if other.shape[-1] != self.ldim:
+                raise ShapeMismatchError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
+            return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
         if other.shape[-1] != self.ldim:
-            raise ValueError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
+            raise ShapeMismatchError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
         if self.ldim > self.mdim:
             return FactoredMatrix(other @ self.A, self.B)
         return FactoredMatrix(other, self.AB)
 
     def __mul__(self, scalar: float | Tensor) -> FactoredMatrix:
         if isinstance(scalar, Tensor) and scalar.numel() != 1:
-            raise ValueError(f"a FactoredMatrix multiplies by a scalar only, not a tensor of shape "
+            raise ShapeMismatchError(f"a FactoredMatrix multiplies by a scalar only, not a tensor of shape "
                              f"{tuple(scalar.shape)}; for a matrix product use @")
         return FactoredMatrix(self.A * scalar, self.B)
 

@@ -24,7 +24,9 @@ __all__ = [
     "repeat_along_head_dimension", "filter_dict_by_prefix", "lm_cross_entropy_loss", "lm_accuracy", "gelu_new",
     "gelu_fast", "solu", "get_device", "get_attention_mask", "get_input_with_manually_prepended_bos",
     "get_tokens_with_bos_removed", "tokenize_and_concatenate", "keep_single_column", "sample_logits",
-    "get_nested_attr", "set_nested_attr", "test_prompt", "check_structure",
+    "get_nested_attr", "set_nested_attr", "test_prompt", "check_structure", "calc_fan_in_and_fan_out",
+    "init_xavier_uniform_", "init_xavier_normal_", "init_kaiming_uniform_", "init_kaiming_normal_",
+    "is_library_available", "override_or_use_default_value",
 ]
 
 
@@ -174,6 +176,58 @@ def sample_logits(final_logits: torch.Tensor, top_k: int | None = None, top_p: f
     sampling = Sampling(do_sample=temperature != 0.0, temperature=temperature or 1.0, top_k=top_k, top_p=top_p,
                         freq_penalty=freq_penalty if tokens is not None else 0.0)
     return sampling.choose(final_logits, seen, torch.ones_like(seen, dtype=torch.bool), None)
+
+
+# --- initialisers and small helpers (TransformerLens's training utilities) ---------------------
+
+
+def calc_fan_in_and_fan_out(tensor: torch.Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) in TransformerLens's layouts: [d] → (1, d); [d_in, d_out]; [heads, d_in, d_head] →
+    (d_in, heads * d_head)."""
+    shape = tensor.shape
+    if len(shape) == 1:
+        return 1, shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[1], shape[0] * shape[2]
+    raise ValueError(f"fan in and fan out are defined for 1 to 3 dimensions, not for shape {tuple(shape)}")
+
+
+def init_xavier_uniform_(param: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return torch.nn.init.uniform_(param, -bound, bound)
+
+
+def init_xavier_normal_(param: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    return torch.nn.init.normal_(param, mean=0.0, std=gain * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def _kaiming_std(param: torch.Tensor, a: float, nonlinearity: str, gain: float, mode: str) -> float:
+    fan_in, fan_out = calc_fan_in_and_fan_out(param)
+    return gain * torch.nn.init.calculate_gain(nonlinearity, a) / math.sqrt(fan_in if mode == "fan_in" else fan_out)
+
+
+def init_kaiming_uniform_(param: torch.Tensor, a: float = 0, nonlinearity: str = "relu", gain: float = 1.0,
+                          mode: str = "fan_in") -> torch.Tensor:
+    bound = math.sqrt(3.0) * _kaiming_std(param, a, nonlinearity, gain, mode)
+    return torch.nn.init.uniform_(param, -bound, bound)
+
+
+def init_kaiming_normal_(param: torch.Tensor, a: float = 0, nonlinearity: str = "relu", gain: float = 1.0,
+                         mode: str = "fan_in") -> torch.Tensor:
+    return torch.nn.init.normal_(param, mean=0.0, std=_kaiming_std(param, a, nonlinearity, gain, mode))
+
+
+def is_library_available(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def override_or_use_default_value(default_flag: Any, override: Any = None) -> Any:
+    return default_flag if override is None else override
 
 
 # --- tokenizers --------------------------------------------------------------------------
