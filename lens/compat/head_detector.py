@@ -86,7 +86,7 @@ def detect_head(model, seq: str | list[str], detection_pattern: torch.Tensor | H
             return torch.stack([detect_head(model, s, detection_pattern, heads, exclude_bos=exclude_bos,
                                             exclude_current_token=exclude_current_token,
                                             error_measure=error_measure) for s in seq]).mean(0)
-    tokens = model.to_tokens(seq)
+    tokens = seq if isinstance(seq, torch.Tensor) else model.to_tokens(seq)  # token ids [1, pos] pass as they are
     n = tokens.shape[-1]
     if not 1 < n < model.cfg.n_ctx:
         raise ValueError(f"the sequence must have 2 to {model.cfg.n_ctx - 1} tokens (the context window); it has {n}")
