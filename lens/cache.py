@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from lens.decompose import ResidualAnalyses
-from lens.errors import HookWouldNotFireError
+from lens.errors import HookWouldNotFireError, ShapeMismatchError
 from lens.hooks import resolve_key, unknown_hook
 from lens.memory import keep_freed_memory
 from lens.slicing import Slice
@@ -69,7 +69,7 @@ class ActivationCache(ResidualAnalyses):
             return self
         sizes = {v.shape[0] for v in self.values()}
         if sizes != {1}:
-            raise ValueError(f"remove_batch_dim needs a batch of 1; this cache has batch sizes {sorted(sizes)}")
+            raise ShapeMismatchError(f"remove_batch_dim needs a batch of 1; this cache has batch sizes {sorted(sizes)}")
         self.cache_dict = {k: v[0] for k, v in self.items()}
         self.has_batch_dim = False
         return self

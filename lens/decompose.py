@@ -74,9 +74,11 @@ class ResidualAnalyses:
         mlp_norm = self.model.blocks[layer].mlp_norm
         return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice, batch_slice)
 
-    def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels):
+    def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels, project=None):
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        if project is not None:  # [d_model] → one number per term, [d_model, k] → k numbers
+            stack = stack @ project.to(stack.dtype)
         return (stack, labels) if return_labels else stack
 
     # --- the residual stream at each point, and what wrote it ---------------------------
@@ -170,21 +172,25 @@ class ResidualAnalyses:
 
     def stack_neuron_results(self, layer: int | None = None, pos_slice: PosSlice = None,
                              neuron_slice: PosSlice = None, return_labels: bool = False,
-                             incl_remainder: bool = False, apply_ln: bool = False):
+                             incl_remainder: bool = False, apply_ln: bool = False,
+                             project_output_onto: torch.Tensor | None = None):
         """[layer * n_neurons, batch, pos, d_model]: each MLP neuron's write (post[n] * W_out[n]).
-        Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice."""
+        Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice, or project each
+        write onto project_output_onto ([d_model] → a number each, [d_model, k] → k)."""
         layer = self._layer(layer)
         neurons = torch.arange(self.model.cfg.d_mlp)
         neurons = Slice(neuron_slice).apply(neurons).reshape(-1)
-        stack = torch.cat([self._neurons(i, pos_slice, neurons) for i in range(layer)])
+        empty = pos_select(self["resid_pre", 0], pos_slice)[None][:0]
+        stack = torch.cat([empty] + [self._neurons(i, pos_slice, neurons) for i in range(layer)])
         labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neurons]
         if incl_remainder:
             stack, labels = self._remainder(stack, layer, pos_slice), labels + ["remainder"]
-        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels)
+        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels, project_output_onto)
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False,
-                                     pos_slice: PosSlice = None, return_labels: bool = False):
+                                     pos_slice: PosSlice = None, return_labels: bool = False,
+                                     project_output_onto: torch.Tensor | None = None):
         """Every head, every neuron (or each mlp_out with expand_neurons=False), the embeddings and
         one 'bias' term (all b_O and b_out): [n_components, batch, pos, d_model], summing exactly
         to the residual stream entering `layer` (its MLP with mlp_input)."""
@@ -210,10 +216,11 @@ class ResidualAnalyses:
             bias = bias + sum((self._bias("b_out", i, pos_slice) for i in range(layer)), torch.zeros_like(bias))
         parts.append(bias)
         labels.append("bias")
-        return self._finish(torch.cat(parts), labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+        return self._finish(torch.cat(parts), labels, layer, mlp_input, apply_ln, pos_slice, return_labels,
+                            project_output_onto)
 
     def logit_attrs(self, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
-                    pos_slice: PosSlice = None) -> torch.Tensor:
+                    pos_slice: PosSlice = None, batch_slice=None, has_batch_dim: bool = True) -> torch.Tensor:
         """Each term's direct contribution to logit(tokens) (minus logit(incorrect_tokens)):
         the stack through the final norm with its cached scale, dotted with the unembedding
         directions. [component, batch, pos]. tokens: a string, an id, or ids [batch].
@@ -221,7 +228,8 @@ class ResidualAnalyses:
         directions = self._unembed_directions(tokens)
         if incorrect_tokens is not None:
             directions = directions - self._unembed_directions(incorrect_tokens)
-        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice,
+                                        has_batch_dim=has_batch_dim)
         if directions.dim() == 2 and scaled.dim() == 4:  # one direction per batch row, the pos axis kept
             directions = directions[:, None, :]
         return (scaled * directions).sum(-1)
@@ -247,7 +255,10 @@ class ResidualAnalyses:
         return post * projected if projected.dim() == 1 else post[..., None] * projected
 
     def compute_head_results(self) -> None:
-        """Add each layer's hook_result [batch, pos, n_heads, d_model] (z @ W_O per head) to the cache."""
+        """Add each layer's hook_result [batch, pos, n_heads, d_model] (z @ W_O per head) to the cache
+        (once: a cache that has them keeps them)."""
+        if "blocks.0.attn.hook_result" in self.cache_dict:
+            return
         for i in range(self.model.cfg.n_layers):
             self.cache_dict[f"blocks.{i}.attn.hook_result"] = torch.einsum(
                 "...phe,hed->...phd", self["z", i], self.model.W_O[i])

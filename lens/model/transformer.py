@@ -54,6 +54,10 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         if tl_cfg is not None:
             cfg, dtype, device = tl_cfg.to_model_config(), tl_cfg.dtype, tl_cfg.device
             default_padding_side = tl_cfg.default_padding_side
+        if tokenizer is not None:  # special-token ids the config lacks (a config built by hand) come from it
+            cfg = dataclasses.replace(cfg, **{f"{kind}_token_id": getattr(tokenizer, f"{kind}_token_id", None)
+                                              for kind in ("bos", "eos", "pad")
+                                              if getattr(cfg, f"{kind}_token_id") is None})
         self.cfg = cfg = dataclasses.replace(cfg)  # its own copy: it records the model's device
         self.tokenizer = tokenizer
         self.default_padding_side = default_padding_side
