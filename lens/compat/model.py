@@ -51,6 +51,10 @@ class TransformerLensMethods:
             raise ValueError(f"direction must be 'fwd', 'bwd' or 'both', not {direction!r}")
         self._hooks.reset(including_permanent, None if direction == "both" else direction)
 
+    def add_perma_hook(self, name, hook, dir: str = "fwd"):
+        """A hook that reset_hooks() leaves in place (reset_hooks(including_permanent=True) removes it)."""
+        return self.add_hook(name, hook, dir=dir, is_permanent=True)
+
     def hook_points(self):
         return list(self.hook_dict.values())
 
