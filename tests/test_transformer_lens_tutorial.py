@@ -4,16 +4,17 @@ changed, and prints what it prints on TransformerLens.
 `main_demo` is written as a TransformerLens user writes it: caching, attention patterns, the logit lens
 through W_U, direct logit attribution per head through W_U, an activation-patching loop over layers and
 positions, induction scores from a pattern hook, steering a greedy generation with a hook, and
-utils.test_prompt. It runs twice on SmolLM2-135M (Llama architecture, grouped-query attention): on lens
-(`import lens.utils as utils`, from_pretrained with processing="transformer_lens") and on TransformerLens
-3.9's legacy HookedTransformer built from the same weights (TransformerLens's own converter and weight
-processing; the GGUF is read by transformers, as lens reads it).
+utils.test_prompt. It runs twice on the same weights: on lens (`import lens.utils as utils`,
+from_pretrained with processing="transformer_lens") and on TransformerLens 3.9's legacy HookedTransformer
+(TransformerLens's own converter and weight processing). The weights: a small random Llama (grouped-query
+attention) with SmolLM2's tokenizer, and SmolLM2-135M itself (real_model; the GGUF read by transformers).
 """
 
 import contextlib
 import copy
 import io
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def main_demo(utils, model) -> dict:
     scaled = cache.apply_ln_to_stack(per_head, layer=-1, pos_slice=-1)
     out["dla"] = scaled[:, 0] @ direction
     out["top_head"] = head_labels[int(out["dla"].argmax())]
-    by_hand = cache["result", 5][0, -1] / cache["scale"][0, -1]  # [n_heads, d_model], folded weights assumed
+    by_hand = cache["result", 1][0, -1] / cache["scale"][0, -1]  # [n_heads, d_model], folded weights assumed
     out["dla_by_hand"] = by_hand @ direction
 
     # Activation patching: the clean residual into the corrupted run, per layer and position.
@@ -64,7 +65,7 @@ def main_demo(utils, model) -> dict:
         resid[:, pos] = cache[hook.name][:, pos]
         return resid
 
-    layers = range(0, model.cfg.n_layers, 6)
+    layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // 5))
     patched = torch.zeros(len(layers), tokens.shape[1])
     for i, layer in enumerate(layers):
         for pos in range(tokens.shape[1]):
@@ -91,7 +92,7 @@ def main_demo(utils, model) -> dict:
     def steer(resid, hook):
         return resid + 8.0 * direction / direction.norm()
 
-    with model.hooks(fwd_hooks=[(utils.get_act_name("resid_post", 12), steer)]):
+    with model.hooks(fwd_hooks=[(utils.get_act_name("resid_post", model.cfg.n_layers // 2), steer)]):
         out["steered"] = model.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False)
     out["unsteered"] = model.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False)
 
@@ -102,12 +103,45 @@ def main_demo(utils, model) -> dict:
     return out
 
 
+FLAGS = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer: from lens's converted-weights cache when it has the model, else from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from lens.loading import weight_cache
+    from lens.loading.registry import ALIASES
+    gguf = ALIASES["smollm2-135m"].packaged_gguf()
+    cached = weight_cache.cache_root() / weight_cache.cache_key(gguf) / "tokenizer"
+    if cached.exists():
+        return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 @pytest.fixture(scope="module")
-def both(smollm2):
-    path = smollm2.load_info["source"]
-    hf = hf_from_gguf(path)
-    flags = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
-    reference = legacy_model("llama", hf, flags, tokenizer=copy.deepcopy(smollm2.tokenizer))
+def tiny_both(tmp_path_factory):
+    """A random 4-layer Llama (GQA) over SmolLM2's vocabulary, in lens and in TransformerLens."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    folder = Path(tmp_path_factory.mktemp("tiny_tutorial"))
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reference = legacy_model("llama", hf, FLAGS, tokenizer=copy.deepcopy(tokenizer))
+    ours = lens.HookedTransformer.from_pretrained(str(folder), device="cpu", processing="transformer_lens")
+    with torch.no_grad():
+        return main_demo(lens.utils, ours), main_demo(tl_utils, reference)
+
+
+@pytest.fixture(scope="module")
+def smollm2_both(smollm2):
+    hf = hf_from_gguf(smollm2.load_info["source"])
+    reference = legacy_model("llama", hf, FLAGS, tokenizer=copy.deepcopy(smollm2.tokenizer))
     ours = lens.HookedTransformer.from_pretrained("smollm2-135m", device="cpu", processing="transformer_lens")
     with torch.no_grad():
         return main_demo(lens.utils, ours), main_demo(tl_utils, reference)
@@ -117,9 +151,7 @@ def as_text(value) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-@pytest.mark.real_model
-def test_the_main_demo_prints_transformer_lens_numbers_on_lens(both):
-    ours, theirs = both
+def same_output(ours: dict, theirs: dict) -> None:
     for key, value in theirs.items():
         mine = ours[key]
         if isinstance(value, torch.Tensor) and value.is_floating_point():
@@ -132,11 +164,20 @@ def test_the_main_demo_prints_transformer_lens_numbers_on_lens(both):
             assert as_text(mine) == as_text(value), f"{key}:\n{as_text(mine)}\nvs\n{as_text(value)}"
 
 
+def test_the_main_demo_prints_transformer_lens_numbers_on_a_small_llama(tiny_both):
+    same_output(*tiny_both)
+
+
 @pytest.mark.real_model
-def test_the_main_demo_finds_what_it_should(both):
+def test_the_main_demo_prints_transformer_lens_numbers_on_smollm2(smollm2_both):
+    same_output(*smollm2_both)
+
+
+@pytest.mark.real_model
+def test_the_main_demo_finds_what_it_should(smollm2_both):
     """Not only equal: the numbers say what the tutorial says (the answer wins late, patching at the
     differing position restores it, steering changes the continuation)."""
-    ours, _ = both
+    ours, _ = smollm2_both
     assert ours["logit_lens_labels"][-1] == "final_post" and ours["logit_lens_prob"][-1] > ours["logit_lens_prob"][0]
     # At layer 0 the residual holds each token alone: patching the one differing token restores the most.
     assert ours["patching"][0].argmax() == ours["differing"], ours["patching"][0]
