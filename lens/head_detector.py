@@ -2,6 +2,8 @@
 
 from lens.compat.head_detector import (  # noqa: F401
     HEAD_NAMES,
+    ErrorMeasure,
+    HeadName,
     compute_head_attention_similarity_score,
     detect_head,
     get_duplicate_token_head_detection_pattern,

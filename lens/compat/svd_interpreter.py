@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from lens.analysis.common import in_range
+from lens.errors import InvalidArgumentError
 
 VectorType = Literal["OV", "w_in", "w_out"]
 
@@ -20,12 +20,14 @@ class SVDInterpreter:
                              head_index: int | None = None) -> torch.Tensor:
         """The first num_vectors right singular vectors of the matrix, each as logits over the vocabulary."""
         if vector_type not in ("OV", "w_in", "w_out"):
-            raise ValueError(f"vector_type must be 'OV', 'w_in' or 'w_out', not {vector_type!r}")
-        layer_index = in_range(layer_index, self.cfg.n_layers, "layer_index", f"a model of {self.cfg.n_layers} layers")
+            raise InvalidArgumentError(f"vector_type must be 'OV', 'w_in' or 'w_out', not {vector_type!r}")
+        if not 0 <= layer_index < self.cfg.n_layers:
+            raise InvalidArgumentError(f"Layer index must be between 0 and {self.cfg.n_layers - 1} but got {layer_index}")
         if vector_type == "OV":
             if head_index is None:
-                raise ValueError("the OV circuit is a head's: pass head_index")
-            head_index = in_range(head_index, self.cfg.n_heads, "head_index", f"{self.cfg.n_heads} heads")
+                raise InvalidArgumentError("Head index optional only for w_in and w_out, got OV")
+            if not 0 <= head_index < self.cfg.n_heads:
+                raise InvalidArgumentError(f"Head index must be between 0 and {self.cfg.n_heads - 1} but got {head_index}")
             right = self.model.OV[layer_index, head_index].V.T  # [k, d_model], rows are the directions
         else:
             if vector_type == "w_in":

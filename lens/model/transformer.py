@@ -61,6 +61,8 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         self.cfg = cfg = dataclasses.replace(cfg)  # its own copy: it records the model's device
         self.tokenizer = tokenizer
         self.default_padding_side = default_padding_side
+        if tokenizer is not None:  # as TransformerLens: the tokenizer's padding side is the default, and stays editable
+            tokenizer.padding_side = default_padding_side
         self.weights = Weights(cfg, dtype=dtype, device=device)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positions == "learned":
@@ -256,10 +258,13 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
                   padding_side: str | None = None, move_to_device: bool = True, truncate: bool = True) -> torch.Tensor:
         """[batch, pos] token ids; lists are padded (right by default: `default_padding_side`).
         truncate: cut to the context window n_ctx (as TransformerLens); False leaves longer inputs whole."""
-        tokens = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side or self.default_padding_side)[0]
+        tokens = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos, padding_side or self._padding_side())[0]
         if truncate:
             tokens = tokens[:, :self.cfg.n_ctx]
         return tokens.to(self.device) if move_to_device else tokens
+
+    def _padding_side(self) -> PaddingSide:
+        return getattr(self.tokenizer, "padding_side", None) or self.default_padding_side
 
     def to_string(self, tokens) -> str | list[str]:
         tokens = torch.as_tensor(tokens)
@@ -324,7 +329,7 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
             mask = attention_mask
         else:
             tokens, mask = tok.tokenize(self.tokenizer, self.cfg, input, prepend_bos,
-                                        padding_side or self.default_padding_side)
+                                        padding_side or self._padding_side())
             if attention_mask is not None:
                 mask = attention_mask
         tokens = tokens.to(self.device)
