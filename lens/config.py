@@ -137,3 +137,4 @@ class ModelConfig(TransformerLensNames):
         return cls(**data)
 
 # TransformerLens names it so (`from transformer_lens.config import HookedTransformerConfig`); it maps to ModelConfig.
+from lens.compat.config import HookedTransformerConfig as HookedTransformerConfig  # noqa: E402
