@@ -12,6 +12,7 @@ from typing import Literal, get_args
 import torch
 
 from lens.compat.utils import is_lower_triangular, is_square
+from lens.errors import InvalidArgumentError
 
 HeadName = Literal["previous_token_head", "duplicate_token_head", "induction_head"]
 ErrorMeasure = Literal["abs", "mul"]
@@ -54,7 +55,7 @@ def compute_head_attention_similarity_score(attention_pattern: torch.Tensor, det
     """'mul': the share of the head's attention that falls where the detection pattern is 1;
     'abs': 1 - the summed absolute difference per query row, rounded to 3 places."""
     if not is_square(attention_pattern):
-        raise ValueError(f"the attention pattern must be square, not {tuple(attention_pattern.shape)}")
+        raise InvalidArgumentError(f"the attention pattern must be square, not {tuple(attention_pattern.shape)}")
     if error_measure == "mul":
         pattern = attention_pattern.clone()
         if exclude_bos:
@@ -76,10 +77,10 @@ def detect_head(model, seq: str | list[str], detection_pattern: torch.Tensor | H
     """[n_layers, n_heads] scores (-1 for heads not asked for). seq: a prompt, or a list of prompts whose
     scores are averaged (named patterns only). heads: [(layer, head), ...] or {layer: [head, ...]}."""
     if error_measure not in get_args(ErrorMeasure):
-        raise ValueError(f"error_measure must be 'abs' or 'mul', not {error_measure!r}")
+        raise InvalidArgumentError(f"error_measure must be 'abs' or 'mul', not {error_measure!r}")
     if isinstance(detection_pattern, str):
         if detection_pattern not in PATTERNS:
-            raise ValueError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}; got {detection_pattern!r}")
+            raise InvalidArgumentError(f"detection_pattern must be a tensor or one of {HEAD_NAMES}; got {detection_pattern!r}")
         if isinstance(seq, list):
             if cache is not None:
                 raise ValueError("one cache holds one prompt: pass prompts one at a time with a cache, or no cache")
@@ -89,12 +90,12 @@ def detect_head(model, seq: str | list[str], detection_pattern: torch.Tensor | H
     tokens = seq if isinstance(seq, torch.Tensor) else model.to_tokens(seq)  # token ids [1, pos] pass as they are
     n = tokens.shape[-1]
     if not 1 < n < model.cfg.n_ctx:
-        raise ValueError(f"the sequence must have 2 to {model.cfg.n_ctx - 1} tokens (the context window); it has {n}")
+        raise InvalidArgumentError(f"the sequence must have 2 to {model.cfg.n_ctx - 1} tokens (the context window); it has {n}")
     if isinstance(detection_pattern, str):
         detection_pattern = PATTERNS[detection_pattern](tokens.cpu())
     detection_pattern = detection_pattern.to(model.device)
     if not (is_lower_triangular(detection_pattern) and detection_pattern.shape[0] == n):
-        raise ValueError(f"the detection pattern must be lower triangular [{n}, {n}] (the sequence length); got "
+        raise InvalidArgumentError(f"the detection pattern must be lower triangular [{n}, {n}] (the sequence length); got "
                          f"{tuple(detection_pattern.shape)}")
     if cache is None:
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"),
