@@ -20,10 +20,12 @@ from lens.compat.config import HookedTransformerConfig
 from lens.compat.svd_interpreter import SVDInterpreter
 from lens.config import ModelConfig, RotaryConfig
 from lens.errors import (
+                         Cancelled,
                          CorruptCheckpointError,
                          HookWouldNotFireError,
                          InsufficientMemoryError,
                          LensError,
+                         MemoryBudgetError,
                          ModelFileNotFoundError,
                          SequenceTooLongError,
                          TokenizationError,
@@ -35,6 +37,7 @@ from lens.factored import FactoredMatrix
 from lens.hooks import HookPoint, act_name
 from lens.loading import DEFAULT_MODEL, list_models, supported_families
 from lens.model.transformer import HookedTransformer, Output
+from lens.sae import SAE, DictionaryError
 
 get_act_name = act_name  # TransformerLens's name for it
 
@@ -44,4 +47,5 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
+    "MemoryBudgetError", "Cancelled", "SAE", "DictionaryError",
 ]

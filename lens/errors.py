@@ -52,3 +52,11 @@ class ShapeMismatchError(ValueError, AssertionError):
 class InvalidArgumentError(ValueError, AssertionError):
     """A bad argument to one of TransformerLens's names (lens/compat): a ValueError, and an AssertionError
     because TransformerLens asserts there."""
+
+
+class Cancelled(LensError):
+    """The caller asked the work under way to stop (lens.guard)."""
+
+
+class MemoryBudgetError(LensError, MemoryError):
+    """Work that would materialise more memory than the caller's limit allows (lens.guard)."""

@@ -37,8 +37,8 @@ class HookState:
     def __init__(self, point: HookPoint):
         self.point = point
 
-    def __bool__(self) -> bool:
-        return bool(self.point.fwd_fns or self.point.bwd_fns)
+    def __bool__(self) -> bool:  # anything (a hook or a spliced dictionary) reads the point: compute it
+        return bool(self.point.fwd_fns or self.point.bwd_fns or self.point.splice)
 
     def __call__(self, dir: Direction | Literal["both"] = "both", including_permanent: bool = True,
                  level: int | None = None) -> bool:
@@ -56,6 +56,9 @@ class HookPoint(nn.Module):
         self.bwd_fns: list[HookFn] = []
         self.handles: list[HookHandle] = []  # one per attached fn, in fwd_fns / bwd_fns
         self.ctx = None  # the ForwardContext of the forward running this hook (positions, KV-cache offset)
+        # A spliced dictionary (lens/sae/splice.py): a plain function, so its module stays out of the
+        # model's parameters. It runs before the hooks, which see what it returns.
+        self.splice: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def layer(self) -> int | None:
         match = re.match(r"blocks\.(\d+)\.", self.name)
@@ -65,8 +68,11 @@ class HookPoint(nn.Module):
     fwd_hooks = property(lambda self: [h for h in self.handles if h.direction == "fwd"])
     bwd_hooks = property(lambda self: [h for h in self.handles if h.direction == "bwd"])
 
-    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is one branch.
+
+    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is two attribute checks.
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.splice is not None:
+            x = self.splice(x)
         if not (self.fwd_fns or self.bwd_fns):
             return x
         for fn in self.fwd_fns:
@@ -245,7 +251,8 @@ class HookRegistry:
                 point.remove_hooks(direction or "both", including_permanent)
 
     def hooked(self) -> list[str]:
-        return [name for name, point in self.points.items() if point.has_hooks]
+        """The points with hooks attached (spliced dictionaries are part of the model, not hooks)."""
+        return [name for name, point in self.points.items() if point.fwd_fns or point.bwd_fns]
 
     @contextmanager
     def attached(self, fwd_hooks=(), bwd_hooks=()):

@@ -21,7 +21,9 @@ from lens.compat.model import TransformerLensMethods
 from lens.config import ModelConfig
 from lens.errors import HookWouldNotFireError, SequenceTooLongError
 from lens.factored import CompositionKind, composition_scores, ov_circuit, qk_circuit
+from lens.guard import check_cancelled
 from lens.hooks import HookFn, HookPoint, HookRegistry, NameOrFilter
+from lens.memory import check_forward
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
 from lens.model.embed import Embed, PosEmbed, Unembed
@@ -100,7 +102,8 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
                         center_writing_weights: bool | None = None, center_unembed: bool | None = None,
                         fold_value_biases: bool | None = None, refactor_factored_attn_matrices: bool = False,
                         device_map: dict | str | None = None, n_devices: int | None = None,
-                        max_memory: dict | None = None, offload_folder: str | None = None) -> HookedTransformer:
+                        max_memory: dict | None = None, offload_folder: str | None = None,
+                        max_bytes: int | None = None) -> HookedTransformer:
         """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file.
 
         device None = cuda when available; dtype float32 (default), bfloat16 or float16.
@@ -110,7 +113,8 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         fold_value_biases), so TransformerLens code prints TransformerLens's numbers. A flag given
         explicitly wins over the preset. To split a model over devices or offload blocks to CPU/disk,
         pass device_map (a dict or "auto" with max_memory), or n_devices; see dispatch(). n_devices=1
-        on a machine without CUDA loads onto the CPU, as TransformerLens does."""
+        on a machine without CUDA loads onto the CPU, as TransformerLens does. max_bytes refuses weights
+        larger than that, checked from the config or file header before any weight is read."""
         from lens.loading import load_pretrained
         if processing not in ("none", "transformer_lens"):
             raise ValueError(f"processing must be 'none' or 'transformer_lens', not {processing!r}")
@@ -121,7 +125,8 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         if n_devices == 1 and device_map is None:
             n_devices = None  # one device is the plain load
         model = load_pretrained(name_or_path, device=device, dtype=dtype, **flags, device_map=device_map,
-                                n_devices=n_devices, max_memory=max_memory, offload_folder=offload_folder)
+                                n_devices=n_devices, max_memory=max_memory, offload_folder=offload_folder,
+                                max_bytes=max_bytes)
         if refactor_factored_attn_matrices:
             model.process_weights(refactor_factored_attn_matrices=True)
         return model
@@ -203,18 +208,48 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         with self._hooks.attached(fwd_hooks, bwd_hooks):
             yield self
 
-    def run_with_hooks(self, input, *model_args, fwd_hooks=(), bwd_hooks=(), **model_kwargs):
-        """Forward with hooks attached for this call only. Backward hooks fire on a later .backward()."""
-        with self._hooks.attached(fwd_hooks, bwd_hooks):
+    def run_with_hooks(self, input, *model_args, fwd_hooks=(), bwd_hooks=(), saes=None, **model_kwargs):
+        """Forward with hooks attached for this call only. Backward hooks fire on a later .backward().
+        saes: dictionaries spliced for this call (with the error term), so hooks can name their features."""
+        with self.saes(saes), self._hooks.attached(fwd_hooks, bwd_hooks):
             return self(input, *model_args, **model_kwargs)
 
     def run_with_cache(self, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,
-                       incl_bwd=False, **model_kwargs):
+                       incl_bwd=False, saes=None, **model_kwargs):
         """(output, ActivationCache). names_filter: a name, short name, list, or predicate; None = all
-        hook points except the on-request ones (hook_result and the per-head input hooks)."""
+        hook points except the on-request ones (hook_result and the per-head input hooks).
+        saes: dictionaries spliced for this call (with the error term); their features are cached too."""
         from lens.cache import run_with_cache
-        return run_with_cache(self, input, *model_args, names_filter=names_filter, device=device,
-                              remove_batch_dim=remove_batch_dim, incl_bwd=incl_bwd, **model_kwargs)
+        with self.saes(saes):
+            return run_with_cache(self, input, *model_args, names_filter=names_filter, device=device,
+                                  remove_batch_dim=remove_batch_dim, incl_bwd=incl_bwd, **model_kwargs)
+
+    # --- dictionaries (lens/sae) ---------------------------------------------------------
+
+    def add_sae(self, sae, use_error_term: bool = True):
+        """Splice a dictionary (lens.SAE) in at its hook; its features become hook points
+        (`<hook>.hook_sae_acts_post`, ...). With the error term the outputs are unchanged until a
+        feature is edited; without it the reconstruction replaces the activation. See lens/sae/splice.py."""
+        from lens.sae.splice import add_sae
+        return add_sae(self, sae, use_error_term)
+
+    def remove_sae(self, sae_or_hook=None) -> None:
+        """Remove a spliced dictionary (by object or hook name), or all of them (None)."""
+        from lens.sae.splice import remove_sae
+        remove_sae(self, sae_or_hook)
+
+    reset_saes = remove_sae  # SAELens's name for removing them all
+
+    @property
+    def attached_saes(self) -> dict:
+        """The spliced dictionaries by the hook they read."""
+        from lens.sae.splice import attached
+        return attached(self)
+
+    def saes(self, saes=None, use_error_term: bool = True):
+        """A context manager splicing dictionaries for a with-block (None: splice nothing)."""
+        from lens.sae.splice import spliced
+        return spliced(self, saes, use_error_term)
 
     def firing_hooks(self, start_at_layer: int | None = None, stop_at_layer: int | None = None) -> list[str]:
         """The hook points a forward with these bounds passes through."""
@@ -340,14 +375,19 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
                 padding_side: PaddingSide | None = None, attention_mask: torch.Tensor | None = None,
                 start_at_layer: int | None = None, stop_at_layer: int | None = None,
                 loss_per_token: bool = False, tokens: torch.Tensor | None = None,
-                past_kv_cache: KVCache | None = None):
+                past_kv_cache: KVCache | None = None, saes=None):
         """input: a string, a list of strings (padded, masked), token ids [batch, pos], or, with
         start_at_layer, the residual stream [batch, pos, d_model] entering that layer (pass `tokens`
         too for a loss). Returns logits [batch, pos, d_vocab], the loss, Output(logits, loss), None,
         or, with stop_at_layer, the residual stream entering that layer.
         past_kv_cache: the input continues the sequences the cache holds (see lens.generation);
         attention_mask then covers the new positions only. With a layer range, only the layers run
-        store keys and values; a later forward through a layer that missed positions is an error."""
+        store keys and values; a later forward through a layer that missed positions is an error.
+        saes: dictionaries spliced for this call only, with the error term (see add_sae)."""
+        if saes is not None:
+            with self.saes(saes):
+                return self.forward(input, return_type, prepend_bos, padding_side, attention_mask, start_at_layer,
+                                    stop_at_layer, loss_per_token, tokens, past_kv_cache)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
@@ -363,12 +403,14 @@ class HookedTransformer(TransformerLensMethods, nn.Module):
         if offset + n > self.cfg.n_ctx:
             raise SequenceTooLongError(f"the input is {offset + n} tokens; this model's context window (n_ctx) "
                                        f"is {self.cfg.n_ctx}. Shorten the prompt or split it.")
+        check_forward(self, batch, n, offset, past_kv_cache, logits=return_type is not None and stop == self.cfg.n_layers)
         ctx = self._context(batch, n, mask, past_kv_cache)
         for handle in self._hooks.handles:  # the attached hooks only, not every hook point
             handle.point.ctx = ctx
         if resid is None:
             resid = self._embed(tokens, ctx.positions)
         for block in self.blocks[start:stop]:
+            check_cancelled()  # a caller's guard may ask the work to stop (lens.guard)
             resid = block(resid, ctx)
         if past_kv_cache is not None:
             past_kv_cache.end_step(n)
