@@ -29,8 +29,12 @@ from lens.patching.metrics import _wide
 
 def row_metric(metric, n_pos: int) -> tuple[list[int] | None, Callable[[torch.Tensor], torch.Tensor]]:
     """(positions the metric reads or None for all, fn: logits [..., batch, k, d_vocab] → [..., batch]),
-    the metric's value per prompt. Metrics with `reduce` (lens.patching.metrics.Metric) give rows
-    directly; any other callable `metric(logits [batch, pos, d_vocab]) -> scalar` is called per row."""
+    the metric's value per prompt. A prompt set's row metric (`per_row`, `rows`: each row read at its own
+    position) and lens.patching's Metric (`reduce`) give rows directly; any other callable
+    `metric(logits [batch, pos, d_vocab]) -> scalar` is called on each row."""
+    if getattr(metric, "per_row", False) and hasattr(metric, "restrict"):
+        positions, inner = metric.restrict(n_pos)
+        return positions, inner.rows
     if hasattr(metric, "reduce") and hasattr(metric, "restrict"):
         positions, inner = metric.restrict(n_pos)
         return positions, lambda logits: _wide(inner.reduce(logits))

@@ -23,9 +23,13 @@ class Pair:
         of strings or token tensors."""
         if isinstance(clean, Pair):
             return clean
-        if corrupted is None and hasattr(clean, "clean_tokens"):
+        if corrupted is None and hasattr(clean, "clean_tokens"):  # a lens.data.PromptSet
+            if clean.corrupted_tokens is None:
+                raise ValueError("circuit discovery patches between clean and corrupted prompts; this set has "
+                                 "noise corruption and no corrupted prompts: use a set with corrupted prompts")
+            mask = clean.attention_mask
             return cls(clean.clean_tokens.to(model.device), clean.corrupted_tokens.to(model.device),
-                       None if clean.mask is None or bool(clean.mask.all()) else clean.mask.to(model.device))
+                       None if bool(mask.all()) else mask.to(model.device))
         if corrupted is None:
             raise ValueError("give the corrupted prompts too (or a prompt set that holds both)")
         clean_tokens, corrupted_tokens, pair_mask = pair_tokens(model, clean, corrupted)
