@@ -230,11 +230,18 @@ class Graph:
         return mask & reached[:S, None] & receiver_alive[None, :]
 
     def nodes_of(self, mask: torch.Tensor) -> list[str]:
-        """The nodes an edge mask touches, in forward order (input and logits included if touched)."""
+        """The nodes an edge mask touches, in forward order: senders of its edges and the nodes its edges
+        feed. A key/value input feeds a group of heads: it names those of them already in, or else all."""
         used = torch.zeros(self.n_senders + 1, dtype=torch.bool)
         used[: self.n_senders] = mask.any(1)
-        for r in mask.any(0).nonzero().flatten().tolist():
-            used[self.receiver_nodes[r]] = True
+        fed = mask.any(0).nonzero().flatten().tolist()
+        for r in fed:
+            if len(self.receiver_nodes[r]) == 1:
+                used[self.receiver_nodes[r]] = True
+        for r in fed:
+            group = self.receiver_nodes[r]
+            if len(group) > 1 and not used[group].any():
+                used[group] = True
         return [self.node_names[i] for i in used.nonzero().flatten().tolist()]
 
 

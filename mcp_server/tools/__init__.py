@@ -2,6 +2,7 @@
 
 from mcp_server.tools import (
     cache,
+    circuits,
     generation,
     heads,
     interventions,
@@ -10,4 +11,4 @@ from mcp_server.tools import (
     steering,
 )
 
-MODULES = (models, cache, reading, heads, interventions, steering, generation)
+MODULES = (models, cache, reading, heads, interventions, steering, generation, circuits)

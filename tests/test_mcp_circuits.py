@@ -1,0 +1,52 @@
+"""find_circuit and evaluate_circuit through a real in-process mcp.Client on a tiny model, against lens.circuits."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, refused, run, tiny_model, tiny_server
+
+from lens import circuits
+from lens.data import PromptSet
+from lens.data.metrics import row_metric
+
+ROWS = {"clean": [IOI_CLEAN, IOI_CORRUPTED], "corrupted": [IOI_CORRUPTED, IOI_CLEAN],
+        "answer": [" Mary", " John"], "baseline": [" John", " Mary"]}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=3)
+
+
+def test_find_circuit_returns_the_lens_circuit_a_plot_and_a_handle_evaluate_circuit_reuses(model, tmp_path):
+    server = tiny_server(model, tmp_path)
+
+    async def scenario(client):
+        found = await ok(client, "find_circuit", {**ROWS, "method": "eap", "edges": 25})
+        again = await ok(client, "evaluate_circuit", {"circuit": found["circuit"]})
+        mean = await ok(client, "evaluate_circuit", {"circuit": found["circuit"], "ablation": "mean"})
+        nodes = await ok(client, "evaluate_circuit", {"circuit": found["circuit"], "nodes": ["L0H1", "L2H3"]})
+        bad = await refused(client, "evaluate_circuit", {"circuit": found["circuit"], "nodes": ["L9H0"]})
+        missing = await refused(client, "evaluate_circuit", {"circuit": "k99"})
+        return found, again, mean, nodes, bad, missing
+    found, again, mean, nodes, bad, missing = run(server, scenario)
+    ps = PromptSet.from_lists(model, **ROWS)
+    expected = circuits.find_circuit(model, ps, metric=row_metric(ps, "logit_diff"), method="eap", edges=25)
+    assert found["faithfulness"]["value"] == pytest.approx(expected.faithfulness.value, rel=1e-4, abs=1e-6)
+    assert found["faithfulness"]["n_edges"] == expected.circuit.n_edges
+    assert found["nodes"] == expected.circuit.nodes
+    assert again["faithfulness"]["value"] == pytest.approx(found["faithfulness"]["value"], rel=1e-6, abs=1e-9)
+    assert mean["interpretation"].endswith("(mean ablation)")
+    assert nodes["nodes"][0] == "input" and set(nodes["nodes"]) <= {"input", "L0H1", "L2H3", "logits"}
+    saved = circuits.Circuit.load(found["json_path"])
+    assert saved.n_edges == expected.circuit.n_edges
+    assert Path(found["plot"]["path"]).read_bytes()[:4] == b"\x89PNG"
+    assert "no node 'L9H0'" in bad and "no circuit 'k99'" in missing
+    assert len(json.dumps(found)) <= 4096 and len(found["curve"]) >= 5
+
+
+def test_find_circuit_refuses_a_request_without_prompts(model, tmp_path):
+    async def scenario(client):
+        return await refused(client, "find_circuit", {"clean": [IOI_CLEAN]})
+    assert "give task=" in run(tiny_server(model, tmp_path), scenario)
