@@ -27,4 +27,11 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
+    "investigate",
 ]
+
+
+def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigation", **options):
+    """The standard battery on a prompt set, written up as Markdown with plots (lens/investigation.py)."""
+    from lens.investigation import investigate as run
+    return run(model, prompt_set, metric, out_dir, **options)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, refused, run, tiny_model, tiny_server
 
 from lens import circuits
@@ -50,3 +51,32 @@ def test_find_circuit_refuses_a_request_without_prompts(model, tmp_path):
     async def scenario(client):
         return await refused(client, "find_circuit", {"clean": [IOI_CLEAN]})
     assert "give task=" in run(tiny_server(model, tmp_path), scenario)
+
+
+def test_investigate_writes_a_report_whose_claims_the_tool_returns(model, tmp_path):
+    async def scenario(client):
+        return await ok(client, "investigate", {**ROWS})
+    result = run(tiny_server(model, tmp_path), scenario)
+    report = Path(result["report"]).read_text()
+    assert len(json.dumps(result)) <= 4096 and len(result["claims"]) == 6
+    for claim in result["claims"]:
+        assert claim.rstrip("…")[:60] in report
+    for section in ("Logit lens", "Direct logit attribution", "Residual stream patching", "Head patching",
+                    "The circuit"):
+        assert f"## {section}" in report
+    pictures = [line.split("(")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(pictures) == 5 and all((Path(result["report"]).parent / p).exists() for p in pictures)
+
+
+def test_investigations_head_patching_equals_the_patching_engines(model, tmp_path):
+    from lens import investigate, patching
+    ps = PromptSet.from_lists(model, **ROWS)
+    metric = row_metric(ps, "logit_diff")
+    report = investigate(model, ps, metric, tmp_path / "inv")
+    with torch.no_grad():
+        clean, corrupted = (float(metric(model(t))) for t in (ps.clean_tokens, ps.corrupted_tokens))
+    engine = torch.tensor(patching.patch(model, ps.clean_tokens, ps.corrupted_tokens, metric, what="heads",
+                                         progress=False).scores, dtype=torch.float64)
+    ours = report.grids["head_patching"] * (clean - corrupted) + corrupted
+    assert (ours - engine).abs().max() <= 1e-4, (ours - engine).abs().max()
+    assert engine.std() > 1e-3  # heads differ, so the comparison can fail

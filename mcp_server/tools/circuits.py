@@ -153,4 +153,38 @@ def evaluate_circuit(
         interpretation=_said(f, row.name) + f" ({ablation} ablation)")
 
 
-TOOLS = [(find_circuit, STORING), (evaluate_circuit, STORING)]
+class InvestigationResult(ToolResult):
+    report: str = Field(description="absolute path of the Markdown report; its PNGs sit beside it")
+    claims: list[str] = Field(description="the report's summary: each claim with its number and spread")
+
+
+def investigate(
+    ctx: Context,
+    task: Task = "ioi",
+    n: Rows = 50,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    clean: Texts = None,
+    corrupted: Texts = None,
+    answer: Tokens = None,
+    baseline: Tokens = None,
+    metric: MetricKind = "logit_diff",
+    model: ModelRef = None,
+) -> InvestigationResult:
+    """One call for the standard battery on a prompt set: does the model do the task, logit lens, DLA by
+    head, residual patching at named positions, head patching, and the EAP-IG circuit with its
+    faithfulness; writes a Markdown report with plots. Slow on real models (minutes)."""
+    import time
+
+    from lens.investigation import investigate as run_battery
+    state = state_of(ctx)
+    with state.using(model) as entry:
+        m = entry.model
+        ps = _prompt_set(m, None if clean else task, n, seed, clean, corrupted, answer, baseline)
+        folder = state.plots.root / "investigations" / f"{ps.task or 'set'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        report = run_battery(m, ps, metric, folder)
+    claims = [c if len(c) <= 480 else c[:479] + "…" for c in report.facts["claims"]]
+    return InvestigationResult(model=entry.handle, report=str(report.path), claims=claims,
+                               interpretation=claims[-1])
+
+
+TOOLS = [(find_circuit, STORING), (evaluate_circuit, STORING), (investigate, STORING)]

@@ -1,0 +1,242 @@
+"""One-call investigation of a behaviour over a prompt set: the standard battery, written up as Markdown.
+
+    report = lens.investigate(model, make_dataset(model, "ioi", n=50), "logit_diff", out_dir="reports/ioi")
+    print(report.summary()); report.path  # reports/ioi/report.md, with its PNGs beside it
+
+Sections, each figure a mean over the set's rows with its spread (std, 95% interval of the mean, and on
+how many rows the sign agrees; lens.data.Spread):
+1. the task: the metric on clean and corrupted prompts, and how often the answer is the top token;
+2. logit lens: the metric read from the residual stream after each layer (final norm + unembedding);
+3. direct logit attribution by head: each head's direct effect on the metric's logit direction at the
+   read position (answer - baseline with a baseline, else the answer), through the final norm's scale;
+4. residual patching: the clean residual stream entering each layer at each of the set's named positions
+   (each row its own position) patched into the corrupted run, normalised per row as
+   (m_patched - mean m_corrupted) / (mean m_clean - mean m_corrupted);
+5. head patching: each head's clean output (every position) patched into the corrupted run, normalised so;
+6. the circuit (lens.circuits.find_circuit, EAP-IG) and its exact faithfulness with a bootstrap spread,
+   and which of its heads head patching also ranks highly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lens import plots
+from lens.data.stats import Spread, spread
+
+TOP = 5
+
+
+@dataclass
+class Investigation:
+    path: Path  # the Markdown report
+    facts: dict = field(default_factory=dict)  # the headline numbers, JSON-ready
+    plots: list[str] = field(default_factory=list)
+    grids: dict = field(default_factory=dict)  # name → mean tensor: logit_lens, dla, resid_patching, head_patching
+
+    def summary(self) -> str:
+        return "\n".join(f"- {line}" for line in self.facts.get("claims", [])) + f"\nreport: {self.path}"
+
+
+def _rows_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [batch, pos, ...] at one position per row → [batch, ...]."""
+    return x[torch.arange(x.shape[0], device=x.device), positions.to(x.device)]
+
+
+def _direction(model, ps) -> torch.Tensor:
+    """[batch, d_model] the unembedding direction of the metric per row."""
+    W_U = model.W_U
+    answer = W_U[:, ps.answer_ids.to(W_U.device)].T
+    return answer if ps.baseline_ids is None else answer - W_U[:, ps.baseline_ids.to(W_U.device)].T
+
+
+def _final_norm_linear(model, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The final norm applied to a part x [..., d_model] of a residual stream whose scale is fixed [..., 1]."""
+    norm, w = model.ln_final, model.weights.ln_final_w.to(x.dtype) + model.ln_final.offset
+    if norm.kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x / scale * w
+
+
+def _patch_rows(model, tokens, mask, hook: str, layer: int, edit, start_resid) -> torch.Tensor:
+    """Run the corrupted prompts from `layer` on with `edit(x)` applied at `hook`; the logits."""
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, lambda x, point: edit(x))]):
+        return model(start_resid, start_at_layer=layer, attention_mask=mask, tokens=tokens)
+
+
+def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigation", method: str = "eap-ig",
+                faithfulness: float = 0.8) -> Investigation:
+    """Run the battery above on a prompt set with clean and corrupted prompts; write out_dir/report.md."""
+    from lens.circuits import find_circuit
+    from lens.data.metrics import as_row_metric
+
+    ps = prompt_set
+    if ps.corrupted_tokens is None:
+        raise ValueError("investigate patches between clean and corrupted prompts; this set has none "
+                         "(noise corruption): build one with corrupted prompts")
+    metric = as_row_metric(ps, metric)
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dev = model.device
+    clean, corrupted = ps.clean_tokens.to(dev), ps.corrupted_tokens.to(dev)
+    mask = None if bool(ps.attention_mask.all()) else ps.attention_mask.to(dev)
+    read = metric.positions
+    cfg, n = model.cfg, len(ps)
+    claims, sections, drawn = [], [], []
+
+    # 1. the task
+    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_pre" for i in range(cfg.n_layers)] + \
+        [f"blocks.{cfg.n_layers - 1}.hook_resid_post", "ln_final.hook_scale"] + \
+        [f"blocks.{i}.attn.hook_result" for i in range(cfg.n_layers)]
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(clean, attention_mask=mask, names_filter=names)
+        corrupted_logits, corrupted_cache = model.run_with_cache(
+            corrupted, attention_mask=mask, names_filter=lambda h: h.endswith("resid_pre"))
+    clean_rows, corrupted_rows = metric.rows(clean_logits).double().cpu(), metric.rows(corrupted_logits).double().cpu()
+    top = _rows_at(clean_logits, read).argmax(-1).cpu() == ps.answer_ids
+    clean_s, corrupted_s = spread(clean_rows), spread(corrupted_rows)
+    gap = clean_s.mean - corrupted_s.mean
+    does = clean_s.ci95[0] > corrupted_s.ci95[1] and int(top.sum()) >= n / 2
+    claims.append(f"the model {'does' if does else 'does not clearly do'} the task: {metric.name} is {clean_s.text()} on clean prompts and "
+                  f"{corrupted_s.text()} on corrupted ones; the answer is the top token on {int(top.sum())}/{n}")
+    sections.append(("Does the model do the task?", claims[-1]))
+
+    # 2. logit lens
+    lens_rows = []
+    with torch.no_grad():
+        for layer in range(cfg.n_layers + 1):
+            resid = cache[f"blocks.{layer}.hook_resid_pre"] if layer < cfg.n_layers else \
+                cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+            logits = model.unembed(_rows_at(resid, read)[:, None])[:, 0]  # [batch, d_vocab]
+            lens_rows.append(metric.reduce(logits).double().cpu())
+    lens_rows = torch.stack(lens_rows)  # [n_layers + 1, batch]
+    lens_spreads = [spread(r) for r in lens_rows]
+    half = next((i for i, s in enumerate(lens_spreads) if s.mean >= 0.5 * clean_s.mean), cfg.n_layers) \
+        if clean_s.mean > 0 else None
+    drawn.append(_line([s.mean for s in lens_spreads], [s.ci95 for s in lens_spreads], out / "logit_lens.png",
+                       f"logit lens: {metric.name} read after each layer (mean, 95% CI, {n} prompts)",
+                       "layers applied", metric.name))
+    lens_claim = "logit lens: " + (f"{metric.name} first reaches half its final value after {half} layers "
+                                   f"({lens_spreads[half].text()})" if half is not None else
+                                   f"{metric.name} is not positive on clean prompts, so no layer reaches it")
+    claims.append(lens_claim)
+    sections.append(("Logit lens", lens_claim + f"\n\n![logit lens]({Path(drawn[-1]).name})"))
+
+    # 3. DLA by head
+    direction = _direction(model, ps).to(dev)  # [batch, d_model]
+    scale = _rows_at(cache["ln_final.hook_scale"], read)  # [batch, 1]
+    with torch.no_grad():
+        dla = torch.stack([(_final_norm_linear(model, _rows_at(cache[f"blocks.{layer}.attn.hook_result"], read),
+                                               scale[:, None]) * direction[:, None]).sum(-1)
+                           for layer in range(cfg.n_layers)], 1).double().cpu()  # [batch, n_layers, n_heads]
+    dla_mean = dla.mean(0)
+    order = dla_mean.flatten().abs().argsort(descending=True)[:TOP].tolist()
+    dla_lines = [f"L{i // cfg.n_heads}H{i % cfg.n_heads}: {spread(dla[:, i // cfg.n_heads, i % cfg.n_heads]).text()}"
+                 for i in order]
+    drawn.append(plots.heatmap(dla_mean.numpy(), [str(i) for i in range(cfg.n_layers)],
+                               [str(h) for h in range(cfg.n_heads)], f"direct logit attribution per head to "
+                               f"{metric.name} (mean over {n} prompts)", "logits", out / "dla_heads.png",
+                               xlabel="head", ylabel="layer"))
+    claims.append("largest direct effects: " + "; ".join(dla_lines[:3]))
+    sections.append(("Direct logit attribution by head", "\n".join(f"- {line}" for line in dla_lines)
+                     + f"\n\n![DLA]({Path(drawn[-1]).name})"))
+
+    # 4. residual patching at the named positions; 5. head patching
+    def normalised(logits) -> torch.Tensor:
+        return (metric.rows(logits).double().cpu() - corrupted_s.mean) / gap
+
+    names_pos = [p for p in ps.position_names]
+    resid = torch.zeros(n, cfg.n_layers, len(names_pos), dtype=torch.float64)
+    rows = torch.arange(n, device=dev)
+    for layer in range(cfg.n_layers):
+        hook = f"blocks.{layer}.hook_resid_pre"
+        for j, name in enumerate(names_pos):
+            where = ps.positions[name].to(dev)
+
+            def edit(x, hook=hook, where=where):
+                x = x.clone()
+                x[rows, where] = cache[hook][rows, where]
+                return x
+            resid[:, layer, j] = normalised(_patch_rows(model, corrupted, mask, hook, layer, edit,
+                                                        corrupted_cache[hook]))
+    resid_mean = resid.mean(0)
+    best = divmod(int(resid_mean.abs().argmax()), len(names_pos))
+    drawn.append(plots.heatmap(resid_mean.numpy(), [str(i) for i in range(cfg.n_layers)], names_pos,
+                               f"residual patching (clean → corrupted), normalised {metric.name}, {n} prompts",
+                               "restored (0 corrupted, 1 clean)", out / "resid_patching.png", xlabel="position",
+                               ylabel="layer"))
+    resid_claim = (f"residual patching: the clean stream at {names_pos[best[1]]} entering layer {best[0]} restores "
+                   f"{spread(resid[:, best[0], best[1]]).text(percent=True)} of the clean {metric.name}")
+    claims.append(resid_claim)
+    sections.append(("Residual stream patching", resid_claim + f"\n\n![residual patching]({Path(drawn[-1]).name})"))
+
+    heads = torch.zeros(n, cfg.n_layers, cfg.n_heads, dtype=torch.float64)
+    for layer in range(cfg.n_layers):
+        hook = f"blocks.{layer}.attn.hook_result"
+        for h in range(cfg.n_heads):
+            def edit(x, hook=hook, h=h):
+                x = x.clone()
+                x[:, :, h] = cache[hook][:, :, h]
+                return x
+            heads[:, layer, h] = normalised(_patch_rows(model, corrupted, mask, hook, layer, edit,
+                                                        corrupted_cache[f"blocks.{layer}.hook_resid_pre"]))
+    heads_mean = heads.mean(0)
+    head_order = heads_mean.flatten().abs().argsort(descending=True)[:TOP].tolist()
+    patched_heads = [f"L{i // cfg.n_heads}H{i % cfg.n_heads}" for i in head_order]
+    head_lines = [f"{name}: {spread(heads[:, i // cfg.n_heads, i % cfg.n_heads]).text(percent=True)}"
+                  for name, i in zip(patched_heads, head_order, strict=True)]
+    drawn.append(plots.heatmap(heads_mean.numpy(), [str(i) for i in range(cfg.n_layers)],
+                               [str(h) for h in range(cfg.n_heads)], f"head patching (clean → corrupted), "
+                               f"normalised {metric.name}, {n} prompts", "restored (0 corrupted, 1 clean)",
+                               out / "head_patching.png", xlabel="head", ylabel="layer"))
+    claims.append("head patching: " + "; ".join(head_lines[:3]))
+    sections.append(("Head patching", "\n".join(f"- {line}" for line in head_lines)
+                     + f"\n\n![head patching]({Path(drawn[-1]).name})"))
+
+    # 6. the circuit
+    found = find_circuit(model, ps, metric=metric, method=method, faithfulness=faithfulness)
+    drawn.append(found.plot(out / "circuit.png"))
+    found.circuit.save(out / "circuit.json")
+    f = found.faithfulness
+    circuit_heads = [node for node in found.circuit.nodes if "H" in node]
+    shared = [h for h in patched_heads if h in circuit_heads]
+    circuit_claim = (f"circuit ({found.scores.method}): {f.n_edges} edges over {len(found.circuit.nodes)} nodes "
+                     f"carry {f.value:.0%} ± {f.std:.0%} (95% CI {f.low:.0%}..{f.high:.0%}) of the {metric.name}; "
+                     f"{len(shared)}/{len(patched_heads)} of head patching's top heads are in it")
+    claims.append(circuit_claim)
+    curve = "\n".join(f"| {e} | {v:.3f} ± {s:.3f} |" for e, v, s in found.curve.points())
+    sections.append(("The circuit", circuit_claim + f"\n\nHeads in the circuit: {', '.join(circuit_heads[:40])}"
+                     + f"\n\n| edges | faithfulness |\n|---|---|\n{curve}\n\n![circuit]({Path(drawn[-1]).name})"
+                     + "\n\nThe circuit's edges are in circuit.json (lens.circuits.Circuit.load)."))
+
+    text = [f"# Investigation: {ps.task or 'prompt set'} on {cfg.model_type} ({n} prompts)", "",
+            f"Metric: {metric.name}. Spreads: std over prompts and the 95% interval of the mean; faithfulness: "
+            f"bootstrap over prompts.", "", "## Summary", ""] + [f"- {c}" for c in claims]
+    for title, body in sections:
+        text += ["", f"## {title}", "", body]
+    path = out / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    facts = {"claims": claims, "clean": clean_s.model_dump(), "corrupted": corrupted_s.model_dump(),
+             "top_heads_patching": patched_heads, "circuit_edges": f.n_edges, "faithfulness": f.to_dict(),
+             "circuit_heads": circuit_heads[:20]}
+    grids = {"logit_lens": lens_rows.mean(1), "dla": dla_mean, "resid_patching": resid_mean,
+             "head_patching": heads_mean}
+    return Investigation(path, facts, drawn, grids)
+
+
+def _line(values, intervals, path, title: str, xlabel: str, ylabel: str) -> str:
+    fig, ax = plots.plt.subplots(figsize=(9, 5), layout="constrained")
+    xs = list(range(len(values)))
+    ax.plot(xs, values, marker="o")
+    ax.fill_between(xs, [lo for lo, _ in intervals], [hi for _, hi in intervals], alpha=0.25)
+    ax.axhline(0, color="#888888", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(plots._short(title), fontsize=11)
+    return plots._save(fig, path)
+
+
+__all__ = ["Investigation", "investigate", "Spread"]
