@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench import analysis, forward, generation, loading, patching
+from bench import analysis, circuits, forward, generation, loading, patching
 
 parser = argparse.ArgumentParser(prog="bench")
 parser.add_argument("--quick", action="store_true", help="fewer repeats, no load benchmark")
@@ -33,6 +33,7 @@ mcp_rows = mcp_bench.run(repeats=3 if args.quick else 7)
 print("\n" + mcp_bench.report(mcp_rows))
 results["mcp"] = mcp_rows
 results["patching"] = patching.main(quick=args.quick)  # IOI sweeps: batched vs naive, attribution patching
+results["circuits"] = circuits.main(quick=args.quick)  # EAP, EAP-IG and a faithfulness curve vs forward(+backward)
 out = Path(__file__).parent / "results" / "latest.json"
 out.parent.mkdir(exist_ok=True)
 out.write_text(json.dumps(results, indent=1))

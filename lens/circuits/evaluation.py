@@ -64,17 +64,18 @@ def bootstrap(circuit: torch.Tensor, clean: torch.Tensor, empty: torch.Tensor,
 
 
 def reference_outputs(model, graph: Graph, pair: Pair, ablation: Ablation,
-                      reference: Pair | torch.Tensor | None = None) -> torch.Tensor:
+                      reference: Pair | torch.Tensor | None = None, metric=None):
     """What out-of-circuit edges read: the corrupted run's sender outputs [n_senders, batch, pos, d_model],
     or their mean over a reference set's prompts at each position [n_senders, 1, pos, d_model]
-    (reference: token ids [n, pos], a Pair (its corrupted prompts), default the pair's corrupted prompts)."""
+    (reference: token ids [n, pos], a Pair (its corrupted prompts), default the pair's corrupted prompts).
+    With a metric: (outputs, the metric per prompt on the corrupted prompts [batch])."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, not {ablation!r}")
     if ablation == "corrupted":
         if reference is not None:
             raise ValueError("a reference set is for ablation='mean'; corrupted ablation reads the pair's "
                              "corrupted prompts")
-        return sender_outputs(model, graph, pair.corrupted, pair.mask)
+        return sender_outputs(model, graph, pair.corrupted, pair.mask, metric)
     if reference is None:
         tokens, mask = pair.corrupted, pair.mask
     elif isinstance(reference, Pair):
@@ -87,7 +88,8 @@ def reference_outputs(model, graph: Graph, pair: Pair, ablation: Ablation,
     outputs = sender_outputs(model, graph, tokens, mask)  # [S, n, pos, d_model]
     weight = torch.ones(tokens.shape, dtype=outputs.dtype, device=outputs.device) if mask is None \
         else mask.to(outputs.dtype)
-    return (outputs * weight[None, :, :, None]).sum(1, keepdim=True) / weight.sum(0).clamp(min=1)[None, None, :, None]
+    mean = (outputs * weight[None, :, :, None]).sum(1, keepdim=True) / weight.sum(0).clamp(min=1)[None, None, :, None]
+    return mean if metric is None else (mean, pair.row_values(model, metric, which="corrupted")[1])
 
 
 def _masks(graph: Graph, circuits) -> torch.Tensor:
@@ -116,8 +118,8 @@ def evaluate(model, circuits, pair: Pair, metric, ablation: Ablation = "corrupte
     all evaluated in batched forwards."""
     graph = Graph.of(model)
     masks = _masks(graph, circuits)
-    ref = reference_outputs(model, graph, pair, ablation, reference)
-    clean, corrupted = pair.row_values(model, metric)
+    ref, corrupted = reference_outputs(model, graph, pair, ablation, reference, metric)
+    clean = pair.row_values(model, metric, which="clean")[0]
     off = (~masks).to(torch.float32)
     if ablation == "mean":  # the empty circuit under mean ablation is the baseline
         off = torch.cat([off, torch.ones(1, *off.shape[1:])])

@@ -85,13 +85,22 @@ def final_resid_hook(graph: Graph, keep: dict) -> tuple[str, Callable]:
     return f"blocks.{graph.n_layers - 1}.hook_resid_post", read
 
 
-def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Every sender's output on one input: [n_senders, batch, pos, d_model]."""
+def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None,
+                   metric=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
+    per prompt on this input ([batch] float64), from the same forward."""
+    from lens.circuits.patched import row_metric
     batch, n_pos = tokens.shape
     out = torch.empty(graph.n_senders, batch, n_pos, model.cfg.d_model, dtype=model.dtype, device=model.device)
 
     def keep(first, x):
         out[first: first + x.shape[2]] = x.permute(2, 0, 1, 3)
-    with torch.no_grad(), model.hooks(fwd_hooks=graph_hooks(model, graph, on_sender=keep)):
+    kept = {}
+    hooks = graph_hooks(model, graph, on_sender=keep) + [final_resid_hook(graph, kept)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens, attention_mask=mask, return_type=None)
-    return out
+        if metric is None:
+            return out
+        positions, per_row = row_metric(metric, n_pos)
+        resid = kept["resid"] if positions is None else kept["resid"][:, positions]
+        return out, per_row(model.unembed(resid)).double().cpu()

@@ -42,16 +42,23 @@ class Pair:
     def rows(self, index: slice) -> Pair:
         return Pair(self.clean[index], self.corrupted[index], None if self.mask is None else self.mask[index])
 
-    def row_values(self, model, metric) -> tuple[torch.Tensor, torch.Tensor]:
-        """The metric per prompt on the clean and on the corrupted prompts: ([batch], [batch]) float64."""
+    def row_values(self, model, metric, which: str = "both") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The metric per prompt on the clean and on the corrupted prompts: ([batch], [batch]) float64
+        (None for the one `which` ("clean", "corrupted", "both") leaves out)."""
         from lens.circuits.patched import row_metric
         positions, per_row = row_metric(metric, self.clean.shape[1])
         out = []
         with torch.no_grad():
-            for tokens in (self.clean, self.corrupted):
-                logits = model(tokens, attention_mask=self.mask)
-                logits = logits if positions is None else logits[:, positions]
-                out.append(per_row(logits).double().cpu())
+            for name, tokens in (("clean", self.clean), ("corrupted", self.corrupted)):
+                if which not in ("both", name):
+                    out.append(None)
+                    continue
+                keep = {}
+                last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+                with model.hooks(fwd_hooks=[(last, lambda x, point, keep=keep: keep.update(resid=x))]):
+                    model(tokens, attention_mask=self.mask, return_type=None)
+                resid = keep["resid"] if positions is None else keep["resid"][:, positions]
+                out.append(per_row(model.unembed(resid)).double().cpu())
         return out[0], out[1]
 
     def values(self, model, metric) -> tuple[float, float]:
