@@ -121,10 +121,13 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
     needed = sorted({int(s) for group in plans for p in group if p is not None for s in p.senders})
     slot = torch.full((graph.n_senders,), -1, dtype=torch.long)
     slot[needed] = torch.arange(len(needed))
-    deltas = torch.empty(len(needed), n_copies, batch, n_pos, d_model, dtype=model.dtype, device=model.device)
+    needed_t = torch.tensor(needed, dtype=torch.long)
+    # [copies, needed senders, batch, pos, d_model]: one copy's deltas of a sender prefix are one matrix
+    deltas = torch.empty(n_copies, len(needed), batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     total = torch.zeros(n_copies, batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     state = {"total": total, "at_attn": total}
-    plan_of = {(layer, kind): i for i, (layer, kind, _) in enumerate(graph.groups())}
+    groups = graph.groups()
+    plan_of = {(layer, kind): i for i, (layer, kind, _) in enumerate(groups)}
 
     def on_sender(first, x):  # x [copies * batch, pos, n, d_model]
         n = x.shape[2]
@@ -133,7 +136,18 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         state["total"] = state["total"] + delta.sum(3)
         for i in range(n):
             if slot[first + i] >= 0:
-                deltas[slot[first + i]] = delta[:, :, :, i]
+                deltas[:, slot[first + i]] = delta[:, :, :, i]
+
+    def edit_of(plan: _Plan, c: int, prefix: int, n_rows: int) -> torch.Tensor:
+        """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model]."""
+        cols = slot[plan.senders]
+        n_prefix = int(torch.searchsorted(needed_t, prefix))
+        w = plan.weights.to(deltas.device)
+        if len(cols) * 2 >= n_prefix:  # most of the prefix: one matmul over a view, no gather
+            full = torch.zeros(n_prefix, n_rows, dtype=w.dtype, device=w.device)
+            full[cols] = w
+            return full.T @ deltas[c, :n_prefix].flatten(1)
+        return w.T @ deltas[c, cols].flatten(1)
 
     def on_receiver(layer, kind, rows, x):  # x [copies * batch, pos, R_g, d_model]
         if kind == "q":
@@ -143,17 +157,16 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         if all(p is None for p in group):
             return None
         n_rows = x.shape[2]
-        edit = torch.zeros(n_copies, batch, n_pos, n_rows, d_model, dtype=x.dtype, device=x.device)
+        prefix = graph.senders_before(layer, kind)
+        out = x.clone().view(n_copies, batch, n_pos, n_rows, d_model)
         for c, plan in enumerate(group):
             if plan is None:
                 continue
             if len(plan.senders):
-                d = deltas[slot[plan.senders], c]  # [n_s, batch, pos, d_model]
-                w = plan.weights.to(d.device)
-                edit[c] = (w.T @ d.flatten(1)).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
+                out[c] += edit_of(plan, c, prefix, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
             if plan.flip:
-                edit[c] += total[c][:, :, None]
-        return x + edit.view_as(x)
+                out[c] += total[c][:, :, None]
+        return out.view_as(x)
 
     keep = {}
     hooks = graph_hooks(model, graph, on_sender, on_receiver) + [final_resid_hook(graph, keep)]
