@@ -2,8 +2,8 @@
 
 The plot collapses receivers onto their nodes (an edge into 'L5H1.q' is drawn into 'L5H1', its line
 style saying which input: q solid, k dashed, v dotted, MLP/logits solid) and draws the strongest
-`max_edges` edges: colour is the sign of the score (red: corrupting the edge lowers the metric, i.e.
-the edge carries the behaviour; blue: raises it), width its size. Layers run bottom (input) to top
+`max_edges` edges: colour is the sign of the score (red: corrupting the edge lowers the metric, so with a
+metric that is higher on clean prompts the edge carries the behaviour; blue: raises it), width its size. Layers run bottom (input) to top
 (logits), so the picture reads like the forward pass.
 """
 
@@ -62,8 +62,8 @@ def plot_circuit(circuit: Circuit, path, max_edges: int = 60, title: str = "") -
     ax.set_axis_off()
     shown = f"the {len(edges)} strongest of {circuit.n_edges} edges" if circuit.n_edges > len(edges) \
         else f"{circuit.n_edges} edges"
-    ax.set_title(_short(f"{title}\n{shown}; layers bottom → top; red: carries the behaviour, blue: against it; "
-                        f"q solid, k dashed, v dotted".strip()), fontsize=10)
+    ax.set_title(_short(f"{title}\n{shown}, layers bottom → top\nred: corrupting the edge lowers the metric, "
+                        f"blue: raises it; into q solid, k dashed, v dotted".strip(), limit=100), fontsize=10)
     return _save(fig, path)
 
 
