@@ -1,8 +1,10 @@
 """lens: a hooked-transformer engine for mechanistic interpretability."""
 
+from lens import data as data  # prompt sets: lens.data
 from lens import patching as patching  # interventions: lens.patching
 from lens.cache import ActivationCache
 from lens.config import ModelConfig, RotaryConfig
+from lens.data import PromptSet, Spread, make_dataset
 from lens.errors import (
                          CorruptCheckpointError,
                          HookWouldNotFireError,
@@ -27,7 +29,7 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
-    "investigate",
+    "PromptSet", "Spread", "make_dataset", "investigate",
 ]
 
 

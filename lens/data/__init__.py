@@ -1,18 +1,36 @@
-"""Prompt sets: rows of clean / corrupted / answer / baseline with per-row named positions, built from lists,
-files or seeded generators, and the figures over them (mean, spread, sign agreement).
+"""Prompt sets: claims over many prompts, with mean, spread and sign agreement.
 
     from lens.data import PromptSet, make_dataset
-    ps = make_dataset(model, "ioi", n=50, seed=0)      # or PromptSet.from_lists / from_file
-    ps, report = ps.filter(model)                      # the rows the model gets right
-    print(ps.summary(), report.summary())
+    from lens.patching import patch
+    ps = make_dataset(model, "ioi", n=50, seed=0)          # or PromptSet.from_lists / from_file
+    ps, report = ps.filter(model)                          # the rows the model gets right; accuracy before/after
+    result = patch(model, ps, what="heads")                # every row in one batched sweep
+    print(result.summary())                                # "L9H6 ... restores 52% ± 6% ..., positive on 48/50"
 
-See lens/data/prompt_set.py (the set, its checks and batches), generators.py (the tasks and their sources)
-and stats.py (Spread: mean, std, 95% interval, sign agreement).
+The pieces:
+- PromptSet (prompt_set.py): rows of clean prompt, corrupted prompt (or corruption="noise"), answer and
+  baseline (single tokens), each checked on load; failing rows are dropped and counted in `ps.dropped`.
+  Right-padded batches (`clean_tokens`, `corrupted_tokens`, `attention_mask`, `answer_ids`,
+  `baseline_ids`) and per-row named positions (`positions["S2"]` [n_rows] indices, `spans[...]`
+  [n_rows, 2]; "END" is every row's last token).
+- make_dataset (generators.py): seeded IOI, factual recall, induction, greater-than and subject-verb
+  agreement sets, valid for the model's tokenizer, each citing its source.
+- row_metric (metrics.py): the metric of each row at its own position ("logit_diff", "logit", "prob",
+  "logprob"); what the analyses use over a set.
+- Spread / GridSpread (stats.py): mean, standard deviation, 95% interval of the mean, sign agreement,
+  per-row values on request.
+
+The analyses take a set where they take a prompt (`patch(model, ps, what=...)`,
+`attribution_patch(model, ps, ...)`, ...): the rows run as one more batch axis through the same engines,
+and the result holds the mean over rows (`scores`), the spread per cell (`spread`), each hotspot's
+Spread, and with per_row=True every row's values (`row_scores`). Normalised patching over a set is the
+ratio of means; see lens.patching.result.set_figures for why.
 """
 
 from lens.data.generators import SOURCES, make_dataset
+from lens.data.metrics import RowMetric, row_metric
 from lens.data.prompt_set import FilterReport, PromptSet, Row
 from lens.data.stats import GridSpread, Spread, grid_spread, spread
 
 __all__ = ["PromptSet", "Row", "FilterReport", "make_dataset", "SOURCES", "Spread", "GridSpread", "spread",
-           "grid_spread"]
+           "grid_spread", "RowMetric", "row_metric"]

@@ -31,7 +31,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -98,7 +98,7 @@ class PromptSet:
     # --- batches --------------------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        n, width = len(self.rows), max(len(r.clean_ids) for r in self.rows)
+        width = max(len(r.clean_ids) for r in self.rows)
         self.lengths = torch.tensor([len(r.clean_ids) for r in self.rows])  # [n_rows]
         self.attention_mask = (torch.arange(width)[None] < self.lengths[:, None]).long()  # [n_rows, pos]
         self.clean_tokens = self._pad([r.clean_ids for r in self.rows], width)  # [n_rows, pos]
@@ -362,12 +362,3 @@ def check_row(model, clean, corrupted, answer, baseline, specs: dict[str, Positi
         spans[name] = span
     spans["END"] = (len(ids) - 1, len(ids))
     return Row(text, corrupted_text, answer_text, baseline_text, ids, corrupted_ids, answer_id, baseline_id, spans)
-
-
-def with_rows(ps: PromptSet, rows: Sequence[Row], **changes) -> PromptSet:
-    """A copy of the set's settings with other rows (rows built by `replace(row, ...)`)."""
-    return PromptSet(rows, changes.get("dropped", ps.dropped), changes.get("corruption", ps.corruption),
-                     changes.get("noise_span", ps.noise_span), ps.task, ps.pad_id, ps.source)
-
-
-__all__ = ["PromptSet", "Row", "FilterReport", "check_row", "end_logits", "replace"]

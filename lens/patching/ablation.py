@@ -21,10 +21,12 @@ from typing import Literal
 import torch
 
 from lens.analysis.common import all_in_range, prompt_text, str_tokens
+from lens.data.stats import grid_spread
 from lens.hooks import act_name
+from lens.patching.activation import set_positions
 from lens.patching.components import Component, parse
 from lens.patching.engine import Edit, run_patches
-from lens.patching.inputs import to_tokens
+from lens.patching.inputs import sweep_scores, to_tokens
 from lens.patching.metrics import metric_name
 from lens.patching.result import AblationResult, hotspots
 from lens.patching.slots import HEAD_VECTOR, NEURON, RESID, slot, write_slot
@@ -75,14 +77,16 @@ def _replacements(model, method: Method, hooks: list[str], reference, n_rows: in
 
 
 def ablation_edits(model, components: Sequence[Component], method: Method, n_rows: int, n_pos: int, *,
-                   positions: Sequence[int] | None = None, reference=None,
+                   positions: Sequence[int] | torch.Tensor | None = None, reference=None,
                    mean_over: Literal["batch", "batch_and_pos"] = "batch", seed: int = 0) -> list[Edit]:
-    """One edit per component, ablating it in a forward on an input of n_rows × n_pos tokens."""
+    """One edit per component, ablating it in a forward on an input of n_rows × n_pos tokens. positions: indices,
+    or a [n_rows, n_pos] bool mask (each row its own positions, as a prompt set's names give)."""
     if model.cfg.n_experts and any(c.kind == "neuron" for c in components):
         raise ValueError("a mixture-of-experts MLP has no neuron hook points; ablate the MLP layer instead")
     hooks = sorted({act_name(HOOK_OF[c.kind], c.layer) for c in components})
     values = _replacements(model, method, hooks, reference, n_rows, n_pos, mean_over, seed)
-    fixed = {} if positions is None else {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")}
+    fixed = {} if positions is None else {"pos": positions} if isinstance(positions, torch.Tensor) else \
+        {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")}
     return [Edit(hook, write_slot(values[hook], _where(c, fixed)))
             for c, hook in ((c, act_name(HOOK_OF[c.kind], c.layer)) for c in components)]
 
@@ -96,20 +100,33 @@ def ablation_hooks(model, components, prompt, method: Method = "zero", **options
     return [(edit.hook, lambda activation, hook, edit=edit: edit.fn(activation.clone())) for edit in edits]
 
 
-def ablate(model, prompt, metric, what: AblationTarget = "heads", method: Method = "zero",
-           components: Sequence | None = None, *, positions: Sequence[int] | None = None, reference=None,
+def ablate(model, prompt, metric=None, what: AblationTarget = "heads", method: Method = "zero",
+           components: Sequence | None = None, *, positions: Sequence | None = None, reference=None,
            mean_over: Literal["batch", "batch_and_pos"] = "batch", together: bool = False, seed: int = 0,
-           top_k: int = 10, vectorised_metric: bool | None = None, batch_size: int | None = None,
-           memory_budget: int | None = None, progress: bool = True) -> AblationResult:
+           top_k: int = 10, per_row: bool = False, vectorised_metric: bool | None = None,
+           batch_size: int | None = None, memory_budget: int | None = None, progress: bool = True) -> AblationResult:
     """The metric on `prompt` with each component ablated (see the module docstring).
 
     what: "heads" ([layer, head]), "neurons" ([layer, neuron]), "mlp" or "attn" ([layer]), swept over every
     one of them; or name `components` ("L9H6", (9, 6), "L3N1031", "L3.mlp", "L3.attn") to sweep just those,
     or ablate them all at once with together=True. positions: ablate only there (None = every position).
     The result's scores are the ablated metric, `effects` the change from the unablated one.
+    A lens.data.PromptSet as `prompt` (its clean prompts; metric a kind or None, positions by name): every
+    row at once; scores are means over rows, the spread that of each row's effect (per_row keeps them).
     """
+    from lens.data.metrics import as_row_metric
+    from lens.data.prompt_set import PromptSet
     cfg = model.cfg
-    tokens, mask = to_tokens(model, prompt)
+    ps = prompt if isinstance(prompt, PromptSet) else None
+    if ps is not None:
+        tokens, mask, metric = ps.clean_tokens.to(model.device), None, as_row_metric(ps, metric)
+        if positions is not None:
+            positions = torch.stack([ps.position_mask(p) for p in set_positions(ps, positions)]).any(0)
+    elif metric is None:
+        raise ValueError("give a metric (e.g. lens.patching.logit_diff(model, ' Mary', ' John')), or a "
+                         "lens.data.PromptSet as the prompt")
+    else:
+        tokens, mask = to_tokens(model, prompt)
     names = None
     if components is None:
         if what not in KIND_OF:
@@ -135,9 +152,19 @@ def ablate(model, prompt, metric, what: AblationTarget = "heads", method: Method
     sweep = run_patches(model, tokens, metric, patches, attention_mask=mask, vectorised=vectorised_metric,
                         batch_size=batch_size, memory_budget=memory_budget, progress=progress,
                         desc=f"{method} ablation")
-    scores = sweep.values.view([len(c) for c in coords]) if coords else sweep.values[0]
+    scores = sweep_scores(sweep.values, [len(c) for c in coords])
     tokens_str = str_tokens(model, tokens[:1])
+    cells = row_scores = None
+    if ps is not None:  # the spread of each row's effect, ablated_i - unablated_i
+        row_scores = scores
+        effects = row_scores - sweep.base_rows.view(-1, *[1] * (row_scores.dim() - 1))
+        scores, cells = row_scores.mean(0), grid_spread(effects, per_row)[1]
+    text = prompt_text(model, prompt, tokens[:1]) if ps is None else \
+        ps.rows[0].clean + (f" (+{len(ps) - 1} more)" if len(ps) > 1 else "")
     return AblationResult(
-        method=method, what=what, metric=metric_name(metric), prompt=prompt_text(model, prompt, tokens[:1]),
+        method=method, what=what, metric=metric_name(metric), prompt=text,
         axes=axes, coords=coords, scores=scores.tolist(), baseline=sweep.base_value, str_tokens=tokens_str,
-        names=names, top=hotspots(scores, sweep.base_value, axes, coords, tokens_str, top_k, names=names))
+        names=names, n_rows=1 if ps is None else len(ps), spread=cells,
+        row_scores=row_scores.tolist() if per_row and row_scores is not None else None,
+        top=hotspots(scores, sweep.base_value, axes, coords, tokens_str, top_k, names=names, cells=cells,
+                     cell_means=None if cells is None else scores - sweep.base_value))

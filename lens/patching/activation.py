@@ -19,10 +19,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from lens.analysis.common import all_in_range, prompt_text, str_tokens
+from lens.analysis.common import all_in_range, str_tokens
 from lens.hooks import act_name
 from lens.patching.engine import Edit, run_patches, scalar
-from lens.patching.inputs import check_length, pair_tokens
+from lens.patching.inputs import check_length, pair_or_set, sweep_scores
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
 from lens.patching.slots import (
@@ -163,18 +163,51 @@ def target(model, what: str) -> Target:
     return TARGETS[what]
 
 
-def sweep_grid(model, what: str, n_pos: int, layers: Sequence[int] | None, positions: Sequence[int] | None):
-    """(target, axes, coords, index rows, fixed slot values) of a patching sweep."""
+def sweep_grid(model, what: str, n_pos: int, layers: Sequence[int] | None, positions, ps=None):
+    """(target, axes, coords, index rows, fixed slot values, per-row position masks) of a patching sweep.
+    Over a prompt set (ps), positions are names or indices resolved per row: the "pos" coordinates number
+    them, and masks[i] [n_rows, pos] marks position i in each row (None for a single prompt)."""
     spec = target(model, what)
     n_layers = model.cfg.n_layers
     layers = all_in_range(layers, n_layers, "layer", f"a model of {n_layers} layers")
-    pos = all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")
+    masks = None
+    if ps is None:
+        pos = all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")
+    else:
+        masks = [ps.position_mask(p) for p in set_positions(ps, positions)]
+        pos = list(range(len(masks)))
     sizes = axis_sizes(model, spec.hook, n_pos)
     coords = [layers] + [pos if a == "pos" else list(range(sizes[a])) for a in spec.axes]
     axes = ["layer"] + ["kv_head" if a == "head" and spec.hook in KV_HOOKS and model.cfg.n_kv_heads != model.cfg.n_heads
                         else a for a in spec.axes]
     fixed = {"pos": pos} if positions is not None and "pos" not in spec.axes else {}
-    return spec, axes, coords, list(itertools.product(*coords)), fixed
+    if fixed and masks is not None:
+        fixed = {"pos": torch.stack(masks).any(0)}
+    return spec, axes, coords, list(itertools.product(*coords)), fixed, masks
+
+
+def set_positions(ps, positions) -> list:
+    """A prompt set's positions to sweep: None = every index when all rows have one length, else every named
+    position; a name or index, or a list of them."""
+    if positions is None:
+        return list(range(ps.n_pos)) if ps.same_length else list(ps.position_names)
+    positions = [positions] if isinstance(positions, (str, int)) else list(positions)
+    if not positions:
+        raise ValueError(f"no positions given: give names ({ps.position_names}) or indices, or None for all")
+    return positions
+
+
+def position_labels(model, ps, positions, str_tokens: list[str]) -> list[str]:
+    """What the "pos" coordinates of a set's sweep show: names, or row 0's tokens at the indices."""
+    return [p if isinstance(p, str) else str_tokens[p] for p in set_positions(ps, positions)]
+
+
+def slot_of(spec: Target, index, fixed: dict, masks) -> tuple:
+    """The slot one sweep index patches (per-row positions over a set)."""
+    place = {**fixed, **dict(zip(spec.axes, index[1:], strict=True))}
+    if masks is not None and "pos" in spec.axes:
+        place["pos"] = masks[place["pos"]]
+    return slot(layout(spec.hook), place)
 
 
 class CleanSide(NamedTuple):
@@ -189,45 +222,59 @@ class CleanSide(NamedTuple):
     rows: list[tuple[int, ...]]
     fixed: dict
     clean_cache: object
-    clean_value: float
+    clean_value: float | torch.Tensor  # [n_rows] over a prompt set
+    metric: object
+    masks: list[torch.Tensor] | None  # per-row position masks over a prompt set
+    labels: list[str]  # what the "pos" coordinates name
+    texts: tuple[str, str]  # the clean and corrupted prompts as the result shows them
 
 
 def clean_side(model, clean, corrupted, metric, what: str, positions, layers) -> CleanSide:
-    """Tokenise the pair, lay out the sweep, and cache the swept hook on the clean prompt."""
-    clean_tokens, corrupted_tokens, mask = pair_tokens(model, clean, corrupted)
-    spec, axes, coords, rows, fixed = sweep_grid(model, what, corrupted_tokens.shape[1], layers, positions)
+    """Tokenise the pair (or take a prompt set's batches and row metric), lay out the sweep, and cache the
+    swept hook on the clean prompt."""
+    clean_tokens, corrupted_tokens, mask, metric, ps, texts = pair_or_set(model, clean, corrupted, metric)
+    clean_tokens, corrupted_tokens = clean_tokens.to(model.device), corrupted_tokens.to(model.device)
+    spec, axes, coords, rows, fixed, masks = sweep_grid(model, what, corrupted_tokens.shape[1], layers, positions, ps)
+    tokens = str_tokens(model, corrupted_tokens[:1])
+    labels = tokens if ps is None else position_labels(model, ps, positions, tokens)
     hooks = [act_name(spec.hook, l) for l in coords[0]]
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=hooks, attention_mask=mask)
+    clean_value = metric.rows(clean_logits).double().cpu() if ps is not None else scalar(metric(clean_logits))
     return CleanSide(clean_tokens, corrupted_tokens, mask, spec, axes, coords, rows, fixed, clean_cache,
-                     scalar(metric(clean_logits)))
+                     clean_value, metric, masks, labels, texts)
 
 
-def patch(model, clean, corrupted, metric, what: What = "resid_pre", positions: Sequence[int] | None = None,
-          layers: Sequence[int] | None = None, *, top_k: int = 10, vectorised_metric: bool | None = None,
-          batch_size: int | None = None, memory_budget: int | None = None, progress: bool = True) -> PatchResult:
+def patch(model, clean, corrupted=None, metric=None, what: What = "resid_pre", positions: Sequence | None = None,
+          layers: Sequence[int] | None = None, *, top_k: int = 10, per_row: bool = False,
+          vectorised_metric: bool | None = None, batch_size: int | None = None, memory_budget: int | None = None,
+          progress: bool = True) -> PatchResult:
     """Activation patching of `what` at every layer (or `layers`) × position / head, clean → corrupted.
 
-    clean, corrupted: strings, lists of strings, or token ids, of the same token count.
-    metric: logits [batch, pos, d_vocab] → a scalar, e.g. `metrics.logit_diff(model, " John", " Mary")`.
+    clean, corrupted: strings, lists of strings, or token ids, of the same token count; or a
+    lens.data.PromptSet as `clean` (no `corrupted`): every row patched at once (rows are one more batch
+    axis), the result the mean over rows with its spread (see PatchResult).
+    metric: logits [batch, pos, d_vocab] → a scalar, e.g. `metrics.logit_diff(model, " John", " Mary")`;
+    over a set a kind ("logit_diff" default, "logit", "prob", "logprob") or lens.data.row_metric(...).
     what: resid_pre / resid_mid / resid_post / attn_out / mlp_out ([layer, pos]); heads (z, all positions,
     [layer, head]); heads_by_pos ([layer, pos, head]); q / k / v / pattern ([layer, head]; k, v over kv
     heads) and their _by_pos forms ([layer, pos, head]; pattern by destination position).
     positions: the positions to sweep (for the per-position targets) or to patch together (for the
-    all-position ones); None = all. Returns scores, normalised scores (0 = corrupted, 1 = clean), the
-    top hotspots, summary() and plot(path).
+    all-position ones); None = all. Over a set: position names ("S2", "END", ...) resolved per row, or
+    indices when all rows have one length. Returns scores, normalised scores (0 = corrupted, 1 = clean), the
+    top hotspots, summary() and plot(path); per_row keeps every row's values (sets).
     """
-    (clean_tokens, corrupted_tokens, mask, spec, axes, coords, rows, fixed, clean_cache,
-     clean_value) = clean_side(model, clean, corrupted, metric, what, positions, layers)
+    side = clean_side(model, clean, corrupted, metric, what, positions, layers)
     patches = []
-    for index in rows:
-        hook = act_name(spec.hook, index[0])
-        where = slot(layout(spec.hook), {**fixed, **dict(zip(spec.axes, index[1:], strict=True))})
-        patches.append([Edit(hook, write_slot(clean_cache[hook], where))])
-    sweep = run_patches(model, corrupted_tokens, metric, patches, attention_mask=mask, vectorised=vectorised_metric,
-                        batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                        desc=f"patching {what}")
-    scores = sweep.values.view([len(c) for c in coords])
-    return patch_result("activation patching", what, metric_name(metric), prompt_text(model, clean, clean_tokens[:1]),
-                        prompt_text(model, corrupted, corrupted_tokens[:1]), scores, clean_value, sweep.base_value,
-                        axes, coords, str_tokens(model, corrupted_tokens[:1]), top_k)
+    for index in side.rows:
+        hook = act_name(side.spec.hook, index[0])
+        patches.append([Edit(hook, write_slot(side.clean_cache[hook], slot_of(side.spec, index, side.fixed,
+                                                                              side.masks)))])
+    sweep = run_patches(model, side.corrupted_tokens, side.metric, patches, attention_mask=side.mask,
+                        vectorised=vectorised_metric, batch_size=batch_size, memory_budget=memory_budget,
+                        progress=progress, desc=f"patching {what}")
+    scores = sweep_scores(sweep.values, [len(c) for c in side.coords])
+    corrupted_value = sweep.base_value if sweep.base_rows is None else sweep.base_rows
+    return patch_result("activation patching", what, metric_name(side.metric), *side.texts, scores,
+                        side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
+                        per_row=per_row)

@@ -13,23 +13,24 @@ from collections.abc import Sequence
 
 import torch
 
-from lens.analysis.common import prompt_text, str_tokens
 from lens.hooks import act_name
-from lens.patching.activation import What, clean_side
+from lens.patching.activation import What, clean_side, slot_of
 from lens.patching.engine import scalar
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
-from lens.patching.slots import layout, slot
+from lens.patching.slots import RowSlot
 
 
-def attribution_patch(model, clean, corrupted, metric, what: What = "resid_pre",
-                      positions: Sequence[int] | None = None, layers: Sequence[int] | None = None, *,
-                      top_k: int = 10) -> PatchResult:
+def attribution_patch(model, clean, corrupted=None, metric=None, what: What = "resid_pre",
+                      positions: Sequence | None = None, layers: Sequence[int] | None = None, *,
+                      top_k: int = 10, per_row: bool = False) -> PatchResult:
     """The gradient estimate of `patch(model, clean, corrupted, metric, what, positions, layers)`: scores are
-    the corrupted metric plus (clean - corrupted activation) · gradient, summed over each patched slot."""
-    (clean_tokens, corrupted_tokens, mask, spec, axes, coords, rows, fixed, clean_cache,
-     clean_value) = clean_side(model, clean, corrupted, metric, what, positions, layers)
-    hooks = [act_name(spec.hook, l) for l in coords[0]]
+    the corrupted metric plus (clean - corrupted activation) · gradient, summed over each patched slot.
+    Over a lens.data.PromptSet (as `clean`), one forward and one backward of the whole batch give every
+    row's estimate (the gradient of the sum of the rows' metrics is each row's own gradient)."""
+    side = clean_side(model, clean, corrupted, metric, what, positions, layers)
+    spec, metric, over_set = side.spec, side.metric, isinstance(side.clean_value, torch.Tensor)
+    hooks = [act_name(spec.hook, l) for l in side.coords[0]]
 
     corrupted_acts: dict[str, torch.Tensor] = {}
 
@@ -39,22 +40,27 @@ def attribution_patch(model, clean, corrupted, metric, what: What = "resid_pre",
     def keep(activation, point):
         corrupted_acts[point.name] = activation
     with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", leaf)] + [(h, keep) for h in hooks]):
-        value = metric(model(corrupted_tokens, attention_mask=mask))
-        corrupted_value = scalar(value)
+        logits = model(side.corrupted_tokens, attention_mask=side.mask)
+        value = metric.rows(logits) if over_set else metric(logits)  # [n_rows] over a set
+        corrupted_value = value.detach().double().cpu() if over_set else scalar(value)
         grads = torch.autograd.grad(value.sum(), [corrupted_acts[h] for h in hooks], allow_unused=True)
-    estimates = torch.empty(len(rows), dtype=torch.float64)
-    activation_axes = layout(spec.hook)
+    estimates = torch.empty(len(side.rows), *(value.shape if over_set else ()), dtype=torch.float64)
     with torch.no_grad():
         delta = {}
         for hook, grad in zip(hooks, grads, strict=True):
             grad = torch.zeros_like(corrupted_acts[hook]) if grad is None else grad
-            delta[hook] = (clean_cache[hook] - corrupted_acts[hook].detach()).double() * grad.double()
-        for i, index in enumerate(rows):
-            where = slot(activation_axes, {**fixed, **dict(zip(spec.axes, index[1:], strict=True))})
-            estimates[i] = delta[act_name(spec.hook, index[0])][where].sum()
-    scores = corrupted_value + estimates.view([len(c) for c in coords])
-    return patch_result("attribution patching (first-order estimate)", what, metric_name(metric),
-                        prompt_text(model, clean, clean_tokens[:1]),
-                        prompt_text(model, corrupted, corrupted_tokens[:1]),
-                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, corrupted_tokens[:1]),
-                        top_k)
+            delta[hook] = (side.clean_cache[hook] - corrupted_acts[hook].detach()).double() * grad.double()
+        for i, index in enumerate(side.rows):
+            where = slot_of(spec, index, side.fixed, side.masks)
+            d = delta[act_name(spec.hook, index[0])]
+            in_slot = d * where.indicator(d) if isinstance(where, RowSlot) else d[where]
+            estimates[i] = in_slot.flatten(1).sum(1).cpu() if over_set else in_slot.sum()
+    shape = [len(c) for c in side.coords]
+    if over_set:  # [n_patches, n_rows] → [n_rows, *grid]
+        scores = corrupted_value[:, None] + estimates.T
+        scores = scores.reshape(len(corrupted_value), *shape)
+    else:
+        scores = corrupted_value + estimates.view(shape)
+    return patch_result("attribution patching (first-order estimate)", what, metric_name(metric), *side.texts,
+                        scores, side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
+                        per_row=per_row)

@@ -18,6 +18,11 @@ reads (see metrics.py), only those are unembedded.
 
 The result equals one `run_with_hooks` per patch up to float rounding of the batched matmuls
 (tests/test_patching.py checks ≤ 1e-5 on random models, ≤ 1e-4 on SmolLM2).
+
+Prompt sets: the input's batch is a set's rows, so a sweep over N rows runs N rows × the copies per
+forward, not N sweeps. A metric with per-row values (`metric.per_row = True`, as lens.data's row metrics)
+maps logits [n_copies, batch, pos, d_vocab] to [n_copies, batch], and the sweep keeps every row's value:
+`values` [n_patches, batch], `base_rows` [batch].
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Sweep:
     base_value: float  # the metric of the base run (the input with only the shared edits)
     base_logits: torch.Tensor  # [batch, pos, d_vocab] of the base run
     captured: dict[str, torch.Tensor] = field(default_factory=dict)  # hook → [n_patches, batch, pos, ...]
+    base_rows: torch.Tensor | None = None  # [batch] the base run's per-row values (per-row metrics)
 
 
 def scalar(value, what: str = "the metric") -> float:
@@ -149,7 +155,10 @@ def _chunk_hooks(model, patches: Sequence[Patch], shared: Sequence[Edit], captur
 
 
 def _apply_metric(metric, logits: torch.Tensor, n_copies: int, vectorised: bool) -> torch.Tensor:
-    """[n_copies] metric values of logits [n_copies * batch, pos, d_vocab]."""
+    """[n_copies] metric values of logits [n_copies * batch, pos, d_vocab] ([n_copies, batch] per row)."""
+    if getattr(metric, "per_row", False):
+        values = torch.as_tensor(metric.rows(logits.unflatten(0, (n_copies, -1))))
+        return values.double().cpu()
     if vectorised:
         values = torch.as_tensor(metric(logits.unflatten(0, (n_copies, -1))))
         if values.shape != (n_copies,):
@@ -256,12 +265,15 @@ def run_patches(model, tokens: torch.Tensor, metric, patches: Sequence[Patch], *
                                                   past_kv_cache=base_kv)
     base = dict(cache.items())
     base_value = scalar(metric(base_logits), "the metric")
+    per_row = getattr(metric, "per_row", False)
+    base_rows = metric.rows(base_logits).double().cpu() if per_row else None
     def copies_for(n_run: int) -> int:
         return copies_per_forward(model, batch, n_run, n_pos, len(logit_positions), batch_size, memory_budget)
     plans = _plans(patches, starts, base, n_pos, n_layers, base_kv is not None, copies_for,
                    _block_overhead_tokens(model.device))
 
-    values = torch.full((len(patches),), base_value, dtype=torch.float64)
+    values = torch.full((len(patches),), base_value, dtype=torch.float64) if base_rows is None else \
+        base_rows.repeat(len(patches), 1)
     captured: dict[str, list] = {name: [base[name]] * len(patches) for name in capture}
     with tqdm(total=len(patches), desc=desc, disable=not progress, leave=False) as bar:
         bar.update(len(patches) - sum(len(group) for *_, group in plans))
@@ -282,4 +294,4 @@ def run_patches(model, tokens: torch.Tensor, metric, patches: Sequence[Patch], *
                     for j, i in enumerate(chunk):
                         captured[name][i] = store[name][j * batch:(j + 1) * batch]
                 bar.update(n)
-    return Sweep(values, base_value, base_logits, {k: torch.stack(v) for k, v in captured.items() if v})
+    return Sweep(values, base_value, base_logits, {k: torch.stack(v) for k, v in captured.items() if v}, base_rows)

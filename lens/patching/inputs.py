@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lens import tokens as tok
+from lens.analysis.common import prompt_text
 
 
 def to_tokens(model, prompt) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -48,3 +49,31 @@ def check_length(activation: torch.Tensor, pos_axis: int | None, n_pos: int, nam
     if pos_axis is not None and activation.shape[pos_axis] != n_pos:
         raise ValueError(f"the clean cache's {name} covers {activation.shape[pos_axis]} positions and the "
                          f"corrupted tokens have {n_pos}; clean and corrupted prompts must have the same length")
+
+
+def pair_or_set(model, clean, corrupted, metric):
+    """(clean tokens, corrupted tokens, attention mask, metric, prompt set or None, (clean, corrupted) texts)
+    of a clean/corrupted pair with its metric, or of a lens.data.PromptSet given as `clean` (its padded
+    batches, unmasked since the padding sits on the right, and its row metric: a kind or a RowMetric)."""
+    from lens.data.metrics import as_row_metric
+    from lens.data.prompt_set import PromptSet
+    if isinstance(clean, PromptSet):
+        ps = clean
+        if ps.corruption == "noise":
+            raise ValueError("this set corrupts by noise, so it has no corrupted prompts to patch from; use "
+                             "lens.data.causal_trace, or a set with corrupted prompts")
+        more = f" (+{len(ps) - 1} more)" if len(ps) > 1 else ""
+        return (ps.clean_tokens.to(model.device), ps.corrupted_tokens.to(model.device), None,
+                as_row_metric(ps, metric), ps, (ps.rows[0].clean + more, ps.rows[0].corrupted + more))
+    if corrupted is None or metric is None:
+        raise ValueError("give clean and corrupted prompts and a metric, or a lens.data.PromptSet as clean")
+    clean_tokens, corrupted_tokens, mask = pair_tokens(model, clean, corrupted)
+    texts = (prompt_text(model, clean, clean_tokens[:1]), prompt_text(model, corrupted, corrupted_tokens[:1]))
+    return clean_tokens, corrupted_tokens, mask, metric, None, texts
+
+
+def sweep_scores(values: torch.Tensor, shape) -> torch.Tensor:
+    """A sweep's values [n_patches] → [*shape], or per row [n_patches, n_rows] → [n_rows, *shape]."""
+    if values.dim() == 1:
+        return values.view(list(shape)) if len(shape) else values[0]
+    return values.T.reshape(values.shape[1], *shape) if len(shape) else values[0]

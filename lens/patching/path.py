@@ -21,11 +21,12 @@ from collections.abc import Sequence
 
 import torch
 
-from lens.analysis.common import all_in_range, prompt_text, str_tokens
+from lens.analysis.common import all_in_range, str_tokens
 from lens.hooks import act_name
+from lens.patching.activation import set_positions
 from lens.patching.components import Component, parse
 from lens.patching.engine import Edit, run_patches, scalar
-from lens.patching.inputs import pair_tokens
+from lens.patching.inputs import pair_or_set, sweep_scores
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
 from lens.patching.slots import HEAD_VECTOR, RESID, slot, write_slot
@@ -62,10 +63,11 @@ def _receiver_slots(model, receiver: Component, fixed: dict) -> list[tuple[str, 
             for letter in receiver.inputs]
 
 
-def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, together: bool = False,
-               positions: Sequence[int] | None = None, freeze_mlps: bool = False, top_k: int = 10,
-               vectorised_metric: bool | None = None, batch_size: int | None = None,
-               memory_budget: int | None = None, progress: bool = True) -> PatchResult:
+def path_patch(model, clean, corrupted=None, metric=None, receivers="logits", senders="heads", *,
+               together: bool = False, positions: Sequence | None = None, freeze_mlps: bool = False,
+               top_k: int = 10, per_row: bool = False, vectorised_metric: bool | None = None,
+               batch_size: int | None = None, memory_budget: int | None = None,
+               progress: bool = True) -> PatchResult:
     """Path patching from each sender to the receivers (see the module docstring).
 
     receivers: "L9H6.q" (a head's query; also .k, .v, .qkv = all three), (9, 6, "q"), "L9.mlp", or "logits"
@@ -74,8 +76,10 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
     components ("L5H5", (5, 5), "L3.mlp", "L3.attn") scored one by one, or all at once with together=True.
     positions: where senders and receivers are patched (None = every position).
     freeze_mlps: also hold every MLP at its corrupted output, so only direct paths count.
+    A lens.data.PromptSet as `clean` (no corrupted; metric a kind or None): every row at once, positions
+    by name, the result the mean over rows with its spread (per_row keeps every row).
     """
-    clean_tokens, corrupted_tokens, mask = pair_tokens(model, clean, corrupted)
+    clean_tokens, corrupted_tokens, mask, metric, ps, texts = pair_or_set(model, clean, corrupted, metric)
     cfg, n_pos = model.cfg, corrupted_tokens.shape[1]
     receivers = [parse(model, r) for r in _as_list(receivers)]
     if any(r.kind not in RECEIVER_KINDS for r in receivers):
@@ -97,7 +101,9 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
         axes, coords = ([], []) if together else (["component"], [list(range(len(listed)))])
         names = None if together else [s.name for s in listed]
 
-    fixed = {} if positions is None else {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")}
+    fixed = {} if positions is None else \
+        {"pos": all_in_range(positions, n_pos, "position", f"a prompt of {n_pos} tokens")} if ps is None else \
+        {"pos": torch.stack([ps.position_mask(p) for p in set_positions(ps, positions)]).any(0)}
     receiver_mlps = {r.layer for r in receivers if r.kind == "mlp"}
     sender_hooks = sorted({_output_hook(s) for group in sender_sets for s in group})
     frozen = [act_name("z", l) for l in range(cfg.n_layers)]
@@ -106,7 +112,7 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=sender_hooks, attention_mask=mask)
         _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=frozen, attention_mask=mask)
-    clean_value = scalar(metric(clean_logits))
+    clean_value = scalar(metric(clean_logits)) if ps is None else metric.rows(clean_logits).double().cpu()
     freeze = [Edit(hook, write_slot(corrupted_cache[hook], (slice(None),))) for hook in frozen]
 
     def sender_edit(s: Component) -> Edit:
@@ -127,14 +133,12 @@ def path_patch(model, clean, corrupted, metric, receivers, senders="heads", *, t
                  for j in range(len(live))]
         values = run_patches(model, corrupted_tokens, metric, step2, desc="path patching: receivers",
                              **options).values
-    corrupted_value = step1.base_value
-    scores = torch.full((len(sender_sets),), corrupted_value, dtype=torch.float64)
+    corrupted_value = step1.base_value if ps is None else step1.base_rows
+    scores = torch.as_tensor(corrupted_value, dtype=torch.float64).repeat(len(sender_sets), *[1] * (ps is not None))
     scores[live] = values
-    scores = scores.view([len(c) for c in coords]) if coords else scores[0]
+    scores = sweep_scores(scores, [len(c) for c in coords])
     what = (senders if isinstance(senders, str) else ", ".join(s.name for group in sender_sets for s in group)) + \
         " → " + ", ".join(r.name for r in receivers)
     return patch_result(f"path patching{' (direct paths only)' if freeze_mlps else ''}", what, metric_name(metric),
-                        prompt_text(model, clean, clean_tokens[:1]),
-                        prompt_text(model, corrupted, corrupted_tokens[:1]),
-                        scores, clean_value, corrupted_value, axes, coords, str_tokens(model, corrupted_tokens[:1]),
-                        top_k, names)
+                        *texts, scores, clean_value, corrupted_value, axes, coords,
+                        str_tokens(model, corrupted_tokens[:1]), top_k, names, per_row=per_row)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from lens.analysis.common import Result
+from lens.data.stats import GridSpread, Spread, grid_spread
 
 AXIS_PREFIX = {"layer": "L", "head": "H", "kv_head": "KV", "neuron": "N"}
 AXIS_PLURAL = {"pos": "positions", "src_pos": "source positions", "kv_head": "kv heads"}
@@ -18,10 +19,16 @@ class Hotspot(Result):
     score: float  # the metric with this intervention
     effect: float  # score - baseline
     normalised: float | None = None  # 0 = corrupted, 1 = clean (patching only)
+    spread: Spread | None = None  # over a prompt set: the spread of the per-row values behind `normalised`
+    # (or behind `effect` when the set's runs cannot be normalised)
 
     def summary(self) -> str:
         norm = "" if self.normalised is None else f"  ({self.normalised:+.3f} normalised)"
-        return f"{self.label:>22}  {self.score:+.4f}  effect {self.effect:+.4f}{norm}"
+        line = f"{self.label:>22}  {self.score:+.4f}  effect {self.effect:+.4f}{norm}"
+        if self.spread is not None and self.spread.n > 1:
+            line += f"\n{'':>24}{'restores ' if self.normalised is not None else 'effect '}" \
+                    f"{self.spread.text(percent=self.normalised is not None)}"
+        return line
 
 
 class GridResult(Result):
@@ -35,6 +42,9 @@ class GridResult(Result):
     str_tokens: list[str]  # the tokens the positions refer to
     top: list[Hotspot]
     names: list[str] | None = None  # the components along a "component" axis
+    n_rows: int = 1  # the prompts the figures are over (a prompt set's rows; scores are their mean)
+    spread: GridSpread | None = None  # over a set: per-cell spread of the per-row values (see set_figures)
+    row_scores: list | None = None  # [n_rows, *grid] each row's scores, on request (per_row=True)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -99,7 +109,8 @@ class PatchResult(GridResult):
 
     def summary(self) -> str:
         shape = _shape(self.axes, self.coords) or "one patch"
-        head = (f"{self.method} of {self.what} ({shape}) on {self.metric}: clean {self.clean_value:+.4f}, "
+        rows = f" over {self.n_rows} prompts (means)" if self.n_rows > 1 else ""
+        head = (f"{self.method} of {self.what} ({shape}) on {self.metric}{rows}: clean {self.clean_value:+.4f}, "
                 f"corrupted {self.baseline:+.4f}")
         lines = [head, "  top hotspots by |effect|:"]
         lines += ["  " + h.summary() for h in self.top]
@@ -119,7 +130,9 @@ class AblationResult(GridResult):
 
     def summary(self) -> str:
         shape = _shape(self.axes, self.coords) or "together"
-        lines = [f"{self.method} ablation of {self.what} ({shape}) on {self.metric}: unablated {self.baseline:+.4f}",
+        rows = f" over {self.n_rows} prompts (means)" if self.n_rows > 1 else ""
+        lines = [f"{self.method} ablation of {self.what} ({shape}) on {self.metric}{rows}: unablated "
+                 f"{self.baseline:+.4f}",
                  "  largest changes:"]
         lines += ["  " + h.summary() for h in self.top]
         return "\n".join(lines)
@@ -155,7 +168,8 @@ def hotspot_label(axes: Sequence[str], index: Sequence[int], str_tokens: Sequenc
 
 def hotspots(scores: torch.Tensor, baseline: float, axes: Sequence[str], coords: Sequence[Sequence[int]],
              str_tokens: Sequence[str], top_k: int, normalised: torch.Tensor | None = None,
-             names: Sequence[str] | None = None) -> list[Hotspot]:
+             names: Sequence[str] | None = None, cells: GridSpread | None = None,
+             cell_means: torch.Tensor | None = None) -> list[Hotspot]:
     """The top_k entries by |score - baseline|."""
     effects = (scores - baseline).nan_to_num()
     order = effects.abs().flatten().argsort(descending=True)[:top_k]
@@ -166,7 +180,9 @@ def hotspots(scores: torch.Tensor, baseline: float, axes: Sequence[str], coords:
         spots.append(Hotspot(
             label=hotspot_label(axes, index, str_tokens, names) if axes else "all", index=index,
             score=float(scores.flatten()[flat]), effect=float(effects.flatten()[flat]),
-            normalised=None if normalised is None else float(normalised.flatten()[flat])))
+            normalised=None if normalised is None else float(normalised.flatten()[flat]),
+            spread=None if cells is None else cells.cell(tuple(int(r) for r in rows),
+                                                         float(cell_means.flatten()[flat]))))
     return spots
 
 
@@ -177,14 +193,47 @@ def normalise_scores(scores: torch.Tensor, clean_value: float, corrupted_value: 
     return (scores - corrupted_value) / (clean_value - corrupted_value)
 
 
+def set_figures(row_scores: torch.Tensor, clean_rows: torch.Tensor, corrupted_rows: torch.Tensor,
+                keep_rows: bool) -> tuple[torch.Tensor, torch.Tensor | None, GridSpread]:
+    """(per-row values behind the spread, normalised means or None, GridSpread) of a sweep over a set.
+
+    How normalised patching is averaged over rows: the ratio of means, (mean patched - mean corrupted) /
+    (mean clean - mean corrupted), which is the normalised metric of the whole batch (as a batched
+    TransformerLens metric gives it). Per-row ratios are unstable: a row whose clean and corrupted runs
+    score nearly alike divides by nearly zero. The spread is that of each row's effect in the same units,
+    (patched_i - corrupted_i) / (mean clean - mean corrupted), whose mean is exactly the ratio of means;
+    sign agreement counts the rows where the patch moves the metric towards clean. Without a clean-corrupted
+    gap, the spread is that of the raw effects patched_i - corrupted_i."""
+    corrupted = corrupted_rows.view(-1, *[1] * (row_scores.dim() - 1))
+    effects = row_scores - corrupted  # [n_rows, *grid]
+    gap = float(clean_rows.mean() - corrupted_rows.mean())
+    normalisable = abs(gap) > 1e-6 * max(1.0, abs(float(clean_rows.mean())))
+    values = effects / gap if normalisable else effects
+    means, cells = grid_spread(values, keep_rows)
+    return values, means if normalisable else None, cells
+
+
 def patch_result(method: str, what: str, metric: str, clean: str, corrupted: str, scores: torch.Tensor,
-                 clean_value: float, corrupted_value: float, axes: Sequence[str], coords: Sequence[Sequence[int]],
-                 str_tokens: Sequence[str], top_k: int, names: Sequence[str] | None = None) -> PatchResult:
+                 clean_value: float | torch.Tensor, corrupted_value: float | torch.Tensor, axes: Sequence[str],
+                 coords: Sequence[Sequence[int]], str_tokens: Sequence[str], top_k: int,
+                 names: Sequence[str] | None = None, per_row: bool = False) -> PatchResult:
+    """The result of a sweep; over a prompt set, clean_value and corrupted_value are per row [n_rows] and
+    scores [n_rows, *grid], and the result holds their means, the spread and (per_row) every row."""
     scores = scores.double().cpu()
+    cells = cell_means = row_scores = None
+    n_rows = 1
+    if isinstance(clean_value, torch.Tensor):
+        clean_rows, corrupted_rows, row_scores = clean_value.double().cpu(), corrupted_value.double().cpu(), scores
+        _, cell_means, cells = set_figures(row_scores, clean_rows, corrupted_rows, per_row)
+        n_rows, scores = len(clean_rows), row_scores.mean(0)
+        clean_value, corrupted_value = float(clean_rows.mean()), float(corrupted_rows.mean())
+        if cell_means is None:
+            cell_means = scores - corrupted_value
     normalised = normalise_scores(scores, clean_value, corrupted_value)
     return PatchResult(
         method=method, what=what, metric=metric, clean=clean, corrupted=corrupted, axes=list(axes),
         coords=[list(c) for c in coords], scores=scores.tolist(), baseline=corrupted_value, clean_value=clean_value,
         normalised=None if normalised is None else normalised.tolist(), str_tokens=list(str_tokens),
-        top=hotspots(scores, corrupted_value, axes, coords, str_tokens, top_k, normalised, names),
-        names=None if names is None else list(names))
+        top=hotspots(scores, corrupted_value, axes, coords, str_tokens, top_k, normalised, names, cells, cell_means),
+        names=None if names is None else list(names), n_rows=n_rows, spread=cells,
+        row_scores=row_scores.tolist() if per_row and row_scores is not None else None)
