@@ -75,8 +75,8 @@ def test_investigations_head_patching_equals_the_patching_engines(model, tmp_pat
     report = investigate(model, ps, metric, tmp_path / "inv")
     with torch.no_grad():
         clean, corrupted = (float(metric(model(t))) for t in (ps.clean_tokens, ps.corrupted_tokens))
-    engine = torch.tensor(patching.patch(model, ps.clean_tokens, ps.corrupted_tokens, metric, what="heads",
-                                         progress=False).scores, dtype=torch.float64)
+    engine = torch.tensor(patching.patch(model, ps, metric=metric, what="heads", progress=False).scores,
+                          dtype=torch.float64)
     ours = report.grids["head_patching"] * (clean - corrupted) + corrupted
     assert (ours - engine).abs().max() <= 1e-4, (ours - engine).abs().max()
     assert engine.std() > 1e-3  # heads differ, so the comparison can fail
