@@ -10,9 +10,9 @@ how many rows the sign agrees; lens.data.Spread):
 3. direct logit attribution by head: each head's direct effect on the metric's logit direction at the
    read position (answer - baseline with a baseline, else the answer), through the final norm's scale;
 4. residual patching: the clean residual stream entering each layer at each of the set's named positions
-   (each row its own position) patched into the corrupted run, normalised per row as
-   (m_patched - mean m_corrupted) / (mean m_clean - mean m_corrupted);
-5. head patching: each head's clean output (every position) patched into the corrupted run, normalised so;
+   (each row its own position) patched into the corrupted run (lens.patching.patch over the set);
+5. head patching: each head's clean output (every position) patched into the corrupted run;
+   both normalised (0 = corrupted, 1 = clean) with the spread over rows the patching engine gives;
 6. the circuit (lens.circuits.find_circuit, EAP-IG) and its exact faithfulness with a bootstrap spread,
    and which of its heads head patching also ranks highly.
 """
@@ -35,7 +35,7 @@ class Investigation:
     path: Path  # the Markdown report
     facts: dict = field(default_factory=dict)  # the headline numbers, JSON-ready
     plots: list[str] = field(default_factory=list)
-    grids: dict = field(default_factory=dict)  # name → mean tensor: logit_lens, dla, resid_patching, head_patching
+    grids: dict = field(default_factory=dict)  # logit_lens, dla: mean tensors; resid_patching, head_patching: PatchResults
 
     def summary(self) -> str:
         return "\n".join(f"- {line}" for line in self.facts.get("claims", [])) + f"\nreport: {self.path}"
@@ -59,12 +59,6 @@ def _final_norm_linear(model, x: torch.Tensor, scale: torch.Tensor) -> torch.Ten
     if norm.kind == "layernorm":
         x = x - x.mean(-1, keepdim=True)
     return x / scale * w
-
-
-def _patch_rows(model, tokens, mask, hook: str, layer: int, edit, start_resid) -> torch.Tensor:
-    """Run the corrupted prompts from `layer` on with `edit(x)` applied at `hook`; the logits."""
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook, lambda x, point: edit(x))]):
-        return model(start_resid, start_at_layer=layer, attention_mask=mask, tokens=tokens)
 
 
 def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigation", method: str = "eap-ig",
@@ -93,12 +87,10 @@ def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigat
         [f"blocks.{i}.attn.hook_result" for i in range(cfg.n_layers)]
     with torch.no_grad():
         clean_logits, cache = model.run_with_cache(clean, attention_mask=mask, names_filter=names)
-        corrupted_logits, corrupted_cache = model.run_with_cache(
-            corrupted, attention_mask=mask, names_filter=lambda h: h.endswith("resid_pre"))
+        corrupted_logits = model(corrupted, attention_mask=mask)
     clean_rows, corrupted_rows = metric.rows(clean_logits).double().cpu(), metric.rows(corrupted_logits).double().cpu()
     top = _rows_at(clean_logits, read).argmax(-1).cpu() == ps.answer_ids
     clean_s, corrupted_s = spread(clean_rows), spread(corrupted_rows)
-    gap = clean_s.mean - corrupted_s.mean
     does = clean_s.ci95[0] > corrupted_s.ci95[1] and int(top.sum()) >= n / 2
     claims.append(f"the model {'does' if does else 'does not clearly do'} the task: {metric.name} is {clean_s.text()} on clean prompts and "
                   f"{corrupted_s.text()} on corrupted ones; the answer is the top token on {int(top.sum())}/{n}")
@@ -144,54 +136,20 @@ def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigat
     sections.append(("Direct logit attribution by head", "\n".join(f"- {line}" for line in dla_lines)
                      + f"\n\n![DLA]({Path(drawn[-1]).name})"))
 
-    # 4. residual patching at the named positions; 5. head patching
-    def normalised(logits) -> torch.Tensor:
-        return (metric.rows(logits).double().cpu() - corrupted_s.mean) / gap
-
-    names_pos = [p for p in ps.position_names]
-    resid = torch.zeros(n, cfg.n_layers, len(names_pos), dtype=torch.float64)
-    rows = torch.arange(n, device=dev)
-    for layer in range(cfg.n_layers):
-        hook = f"blocks.{layer}.hook_resid_pre"
-        for j, name in enumerate(names_pos):
-            where = ps.positions[name].to(dev)
-
-            def edit(x, hook=hook, where=where):
-                x = x.clone()
-                x[rows, where] = cache[hook][rows, where]
-                return x
-            resid[:, layer, j] = normalised(_patch_rows(model, corrupted, mask, hook, layer, edit,
-                                                        corrupted_cache[hook]))
-    resid_mean = resid.mean(0)
-    best = divmod(int(resid_mean.abs().argmax()), len(names_pos))
-    drawn.append(plots.heatmap(resid_mean.numpy(), [str(i) for i in range(cfg.n_layers)], names_pos,
-                               f"residual patching (clean → corrupted), normalised {metric.name}, {n} prompts",
-                               "restored (0 corrupted, 1 clean)", out / "resid_patching.png", xlabel="position",
-                               ylabel="layer"))
-    resid_claim = (f"residual patching: the clean stream at {names_pos[best[1]]} entering layer {best[0]} restores "
-                   f"{spread(resid[:, best[0], best[1]]).text(percent=True)} of the clean {metric.name}")
+    # 4. residual patching at the named positions; 5. head patching (the batched engine over the set)
+    from lens import patching
+    resid = patching.patch(model, ps, metric=metric, what="resid_pre", positions=ps.position_names, top_k=TOP,
+                           progress=False)
+    drawn.append(resid.plot(out / "resid_patching.png"))
+    best = resid.top[0]
+    resid_claim = f"residual patching: the clean stream {_where(best.label)} restores {_restores(best)}"
     claims.append(resid_claim)
     sections.append(("Residual stream patching", resid_claim + f"\n\n![residual patching]({Path(drawn[-1]).name})"))
 
-    heads = torch.zeros(n, cfg.n_layers, cfg.n_heads, dtype=torch.float64)
-    for layer in range(cfg.n_layers):
-        hook = f"blocks.{layer}.attn.hook_result"
-        for h in range(cfg.n_heads):
-            def edit(x, hook=hook, h=h):
-                x = x.clone()
-                x[:, :, h] = cache[hook][:, :, h]
-                return x
-            heads[:, layer, h] = normalised(_patch_rows(model, corrupted, mask, hook, layer, edit,
-                                                        corrupted_cache[f"blocks.{layer}.hook_resid_pre"]))
-    heads_mean = heads.mean(0)
-    head_order = heads_mean.flatten().abs().argsort(descending=True)[:TOP].tolist()
-    patched_heads = [f"L{i // cfg.n_heads}H{i % cfg.n_heads}" for i in head_order]
-    head_lines = [f"{name}: {spread(heads[:, i // cfg.n_heads, i % cfg.n_heads]).text(percent=True)}"
-                  for name, i in zip(patched_heads, head_order, strict=True)]
-    drawn.append(plots.heatmap(heads_mean.numpy(), [str(i) for i in range(cfg.n_layers)],
-                               [str(h) for h in range(cfg.n_heads)], f"head patching (clean → corrupted), "
-                               f"normalised {metric.name}, {n} prompts", "restored (0 corrupted, 1 clean)",
-                               out / "head_patching.png", xlabel="head", ylabel="layer"))
+    heads = patching.patch(model, ps, metric=metric, what="heads", top_k=TOP, progress=False)
+    drawn.append(heads.plot(out / "head_patching.png"))
+    patched_heads = [h.label for h in heads.top]
+    head_lines = [f"{h.label}: restores {_restores(h)}" for h in heads.top]
     claims.append("head patching: " + "; ".join(head_lines[:3]))
     sections.append(("Head patching", "\n".join(f"- {line}" for line in head_lines)
                      + f"\n\n![head patching]({Path(drawn[-1]).name})"))
@@ -222,9 +180,21 @@ def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigat
     facts = {"claims": claims, "clean": clean_s.model_dump(), "corrupted": corrupted_s.model_dump(),
              "top_heads_patching": patched_heads, "circuit_edges": f.n_edges, "faithfulness": f.to_dict(),
              "circuit_heads": circuit_heads[:20]}
-    grids = {"logit_lens": lens_rows.mean(1), "dla": dla_mean, "resid_patching": resid_mean,
-             "head_patching": heads_mean}
+    grids = {"logit_lens": lens_rows.mean(1), "dla": dla_mean, "dla_rows": dla, "resid_patching": resid, "head_patching": heads}
     return Investigation(path, facts, drawn, grids)
+
+
+def _restores(hotspot) -> str:
+    """A hotspot's normalised effect with its spread over the set."""
+    if hotspot.spread is not None and hotspot.spread.n > 1:
+        return hotspot.spread.text(percent=hotspot.normalised is not None)
+    return f"{hotspot.normalised:.0%}" if hotspot.normalised is not None else f"{hotspot.effect:+.3f}"
+
+
+def _where(label: str) -> str:
+    """"L12 @S2" → "at S2 entering layer 12"."""
+    layer, _, position = label.partition(" @")
+    return f"at {position.strip() or 'every position'} entering layer {layer.lstrip('L')}"
 
 
 def _line(values, intervals, path, title: str, xlabel: str, ylabel: str) -> str:

@@ -68,15 +68,18 @@ def test_investigate_writes_a_report_whose_claims_the_tool_returns(model, tmp_pa
     assert len(pictures) == 5 and all((Path(result["report"]).parent / p).exists() for p in pictures)
 
 
-def test_investigations_head_patching_equals_the_patching_engines(model, tmp_path):
-    from lens import investigate, patching
+def test_investigations_logit_lens_ends_at_the_models_output_and_dla_matches_the_single_prompt_analysis(model, tmp_path):
+    from lens import investigate
+    from lens.analysis import direct_logit_attribution
     ps = PromptSet.from_lists(model, **ROWS)
     metric = row_metric(ps, "logit_diff")
     report = investigate(model, ps, metric, tmp_path / "inv")
     with torch.no_grad():
-        clean, corrupted = (float(metric(model(t))) for t in (ps.clean_tokens, ps.corrupted_tokens))
-    engine = torch.tensor(patching.patch(model, ps, metric=metric, what="heads", progress=False).scores,
-                          dtype=torch.float64)
-    ours = report.grids["head_patching"] * (clean - corrupted) + corrupted
-    assert (ours - engine).abs().max() <= 1e-4, (ours - engine).abs().max()
-    assert engine.std() > 1e-3  # heads differ, so the comparison can fail
+        clean = float(metric(model(ps.clean_tokens)))
+    assert abs(float(report.grids["logit_lens"][-1]) - clean) <= 1e-5
+    # row 0's DLA by head equals direct_logit_attribution on that prompt alone
+    single = direct_logit_attribution(model, IOI_CLEAN, " Mary", " John", by="head")
+    grid = torch.tensor(single.head_grid, dtype=torch.float64)
+    rows = report.grids["dla_rows"][0]
+    assert (rows - grid).abs().max() <= 1e-4, (rows - grid).abs().max()
+    assert grid.abs().max() > 1e-3
