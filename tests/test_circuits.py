@@ -6,7 +6,7 @@ import torch
 from conftest import TINY_VARIANTS, max_diff
 
 from lens import HookedTransformer
-from lens.circuits import Circuit, Graph, Pair, edge_scores, evaluate, find_circuit, top_n
+from lens.circuits import Circuit, Graph, Pair, edge_scores, evaluate, find_circuit, to_faithfulness, top_n
 from lens.circuits.forward import sender_outputs
 from lens.circuits.patched import run_circuits
 from lens.patching.metrics import Metric
@@ -236,3 +236,15 @@ def test_bad_requests_fail_before_any_compute():
         find_circuit(model, pair, metric=metric, edges=10, faithfulness=0.8)
     with pytest.raises(ValueError, match="no node 'L9H0'"):
         Circuit.from_nodes(Graph.of(model), ["L9H0"])
+
+
+def test_a_target_faithfulness_gives_the_smallest_top_n_circuit_reaching_it():
+    model = make("gpt2_like")
+    pair, metric = random_pair(6), answer_metric()
+    scores = edge_scores(model, pair, metric, "eap-ig")
+    circuit, value, found = to_faithfulness(model, scores, pair, metric, 0.7, refine=12)
+    assert value.value >= 0.7 and value.n_edges == circuit.n_edges
+    n = int(circuit.meta["selection"].split("n = ")[1].rstrip(")"))
+    below = evaluate(model, top_n(scores, n - 1), pair, metric)[0]
+    assert below.value < 0.7, (n, below)  # one edge fewer falls short
+    assert len(found.points()) == 10 and found.points()[-1][1] == pytest.approx(1.0, abs=1e-5)
