@@ -83,3 +83,12 @@ def test_investigations_logit_lens_ends_at_the_models_output_and_dla_matches_the
     rows = report.grids["dla_rows"][0]
     assert (rows - grid).abs().max() <= 1e-4, (rows - grid).abs().max()
     assert grid.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_scores_over_a_set_do_not_depend_on_how_its_rows_are_chunked(model, method):
+    ps = PromptSet.from_lists(model, **ROWS)
+    metric = row_metric(ps, "logit_diff")
+    whole = circuits.edge_scores(model, ps, metric, method).scores
+    one_row_at_a_time = circuits.edge_scores(model, ps, metric, method, memory_budget=1).scores
+    assert (whole - one_row_at_a_time).abs().max() <= 1e-5 * whole.abs().max(), (whole - one_row_at_a_time).abs().max()

@@ -67,9 +67,11 @@ def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memo
 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
-               interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               rows: tuple[int, int, int], interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                reference: torch.Tensor | None = None) -> None:
     """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores.
+    rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
+    row its own answer and position) reads them in their places among the set's rows.
     delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap).
     interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major."""
     batch, n_pos = delta.shape[1], delta.shape[2]
@@ -103,24 +105,30 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     hooks = [("blocks.0.hook_resid_pre", leaf)]
     hooks += graph_hooks(model, graph, on_sender if reference is not None else None, on_receiver)
     hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", lambda x, point: keep.update(resid=x)))
-    rows = tokens.repeat(copies, 1)
-    rows_mask = None if mask is None else mask.repeat(copies, 1)
+    start, stop, n_rows = rows
+    copied = tokens.repeat(copies, 1)
+    copied_mask = None if mask is None else mask.repeat(copies, 1)
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        model(rows, attention_mask=rows_mask, return_type=None)
+        model(copied, attention_mask=copied_mask, return_type=None)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
-        logits = model.unembed(resid)
-        value = per_row(logits.view(copies, batch, *logits.shape[1:])).sum() * weight
+        logits = model.unembed(resid).view(copies, batch, -1, model.cfg.d_vocab)
+        if batch != n_rows:  # the chunk in its place among the set's rows (the others are zeros, unread)
+            placed = logits.new_zeros(copies, n_rows, *logits.shape[2:])
+            placed[:, start:stop] = logits
+            logits = placed
+        value = per_row(logits)[:, start:stop].sum() * weight
         torch.autograd.grad(value, [keep["leaf"]])  # the receivers' hooks accumulate the scores
 
 
 def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 5,
                 memory_budget: int | None = None) -> EdgeScores:
-    """Scores of every edge of the model's graph for the metric over the pair's prompts."""
+    """Scores of every edge of the model's graph for the metric over the pair's prompts (a Pair or a prompt set)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
     from lens.circuits.patched import row_metric
+    pair = Pair.of(model, pair)
     graph = Graph.of(model)
     batch, n_pos = pair.clean.shape
     positions, per_row = row_metric(metric, n_pos)
@@ -137,13 +145,14 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
             delta = torch.empty_like(reference)
             if method == "eap":
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / batch, reference=reference)
+                           1.0 / batch, (start, start + len(part), batch), reference=reference)
             else:
                 clean = sender_outputs(model, graph, part.clean, part.mask)
                 torch.sub(reference, clean, out=delta)
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / (batch * steps), interpolate=(reference[0], clean[0], alphas))
+                           1.0 / (batch * steps), (start, start + len(part), batch),
+                           interpolate=(reference[0], clean[0], alphas))
         scores = scores * graph.valid
     return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
                       {"steps": steps} if method == "eap-ig" else {})
