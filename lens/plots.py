@@ -110,7 +110,7 @@ def plot_attention(result, path) -> str:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows), layout="constrained", squeeze=False)
     tokens = [repr(t)[1:-1][:12] for t in result.str_tokens]
-    for ax, head in zip(axes.flat, result.heads, strict=True):
+    for ax, head in zip(axes.flat, result.heads, strict=False):  # the grid may have spare axes
         image = ax.imshow(np.asarray(head.pattern), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"L{head.layer}H{head.head}", fontsize=10)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)

@@ -274,7 +274,7 @@ def fits(documented, live, where: str = "result") -> list[str]:
             head, tail = documented[:cut], documented[cut + 1:]
             if len(live) < len(head) + len(tail):
                 return [f"{where}: documented at least {len(head) + len(tail)} items, got {len(live)}"]
-            pairs = list(zip(head, live, strict=True)) + list(zip(tail, live[len(live) - len(tail):], strict=True))
+            pairs = list(zip(head, live, strict=False)) + list(zip(tail, live[len(live) - len(tail):], strict=True))
         elif len(documented) != len(live):
             return [f"{where}: documented {len(documented)} items, got {len(live)}: {live!r}"[:300]]
         else:
