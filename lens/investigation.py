@@ -19,6 +19,7 @@ how many rows the sign agrees; lens.data.Spread):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,9 +193,9 @@ def _restores(hotspot) -> str:
 
 
 def _where(label: str) -> str:
-    """"L12 @S2" → "at S2 entering layer 12"."""
-    layer, _, position = label.partition(" @")
-    return f"at {position.strip() or 'every position'} entering layer {layer.lstrip('L')}"
+    """A residual hotspot's label "L12 @3 'S2'" → "at 'S2' entering layer 12"."""
+    match = re.match(r"L(\d+) @\s*(?:\d+\s+)?(.*)", label)
+    return f"at {match.group(2)} entering layer {match.group(1)}" if match else label
 
 
 def _line(values, intervals, path, title: str, xlabel: str, ylabel: str) -> str:
