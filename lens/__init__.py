@@ -6,10 +6,12 @@ from lens.cache import ActivationCache
 from lens.config import ModelConfig, RotaryConfig
 from lens.data import PromptSet, Spread, make_dataset
 from lens.errors import (
+                         Cancelled,
                          CorruptCheckpointError,
                          HookWouldNotFireError,
                          InsufficientMemoryError,
                          LensError,
+                         MemoryBudgetError,
                          ModelFileNotFoundError,
                          SequenceTooLongError,
                          TokenizationError,
@@ -29,7 +31,7 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
-    "PromptSet", "Spread", "make_dataset", "investigate",
+    "PromptSet", "Spread", "make_dataset", "investigate", "MemoryBudgetError", "Cancelled",
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 from lens.decompose import ResidualAnalyses
 from lens.errors import HookWouldNotFireError
 from lens.hooks import ON_REQUEST, resolve_key, unknown_hook
-from lens.memory import keep_freed_memory
+from lens.memory import keep_freed_memory, retaining
 
 
 class ActivationCache(ResidualAnalyses):
@@ -112,7 +112,7 @@ def run_with_cache(model, input, *model_args, names_filter=None, device=None, re
 
     fwd = [(name, keep(name)) for name in names]
     bwd = [(name, keep(name + "_grad")) for name in names] if incl_bwd else []
-    with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+    with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd), retaining(names):
         output = model(input, *model_args, **model_kwargs)
         if incl_bwd:
             if not (isinstance(output, torch.Tensor) and output.dim() == 0):

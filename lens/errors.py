@@ -42,3 +42,11 @@ class ModelFileNotFoundError(LensError, FileNotFoundError):
 
 class InsufficientMemoryError(LensError, MemoryError):
     """A model whose weights would not fit in the memory of the chosen device."""
+
+
+class Cancelled(LensError):
+    """The caller asked the work under way to stop (lens.guard)."""
+
+
+class MemoryBudgetError(LensError, MemoryError):
+    """Work that would materialise more memory than the caller's limit allows (lens.guard)."""

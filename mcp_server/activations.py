@@ -1,4 +1,4 @@
-"""Hook selection, cache size estimates and slice summaries for the cache tools.
+"""Hook selection, cache size estimates (lens.memory) and slice summaries for the cache tools.
 
 lens's run_with_cache takes exact hook names; agents also write a short name for every layer
 ("resid_post", "pattern") or the template model_info lists ("blocks.{i}.hook_resid_post").
@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from lens import HookedTransformer
 from lens.errors import UnknownHookError
 from lens.hooks import act_name, unknown_hook
+from lens.memory import activation_numel
 
 # The axes after batch of each kind of activation, by the last part of its hook name.
 AXES = {
@@ -55,20 +56,9 @@ def _full_name(short: str, layer: int | None) -> str | None:
         return None
 
 
-def per_position(model: HookedTransformer, name: str, n_pos: int) -> int:
-    """Elements one position of this activation holds (batch of one)."""
-    cfg = model.cfg
-    sizes = {"head": cfg.n_kv_heads if name.endswith(("hook_k", "hook_v", "hook_rot_k")) else cfg.n_heads,
-             "d_head": cfg.d_head, "d_model": cfg.d_model, "key_pos": n_pos, "neuron": cfg.d_mlp, "one": 1,
-             "expert": cfg.n_experts, "k": cfg.experts_per_token}
-    numel = 1
-    for axis in axes_of(name):
-        numel *= sizes.get(axis, 1)  # pos / query_pos: counted by the caller
-    return numel
-
-
 def estimate_bytes(model: HookedTransformer, names: list[str], n_pos: int) -> int:
-    return sum(per_position(model, name, n_pos) for name in names) * n_pos * model.dtype.itemsize
+    """Bytes a cache of these hooks holds for one prompt of n_pos tokens."""
+    return sum(activation_numel(model.cfg, name, n_pos) for name in names) * n_pos * model.dtype.itemsize
 
 
 def index_slice(name: str, shape: tuple[int, ...], pos: int | None, head: int | None) -> tuple[tuple, list[str]]:

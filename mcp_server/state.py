@@ -3,8 +3,11 @@
 One `State` lives in the server's lifespan. Models and caches each have a memory budget; when a
 new one would not fit, the least recently used ones are dropped (a model takes its caches with
 it), and a request that alone exceeds its budget is refused with a ToolError that says by how
-much. Each model has a lock, so tool calls on the same model run one at a time (the SDK runs
-sync tools on worker threads); calls on different models may overlap.
+much. A third budget bounds the working memory of the calls running at once: each call reserves
+the largest forward it makes (lens.guard), atomically, as a cache being made reserves its size
+until it is stored, so concurrent calls cannot exceed a budget together. Each model has a lock, so
+tool calls on one model run one at a time (mcp_server/calls.py: waiting holds no thread); calls
+on different models may overlap, and loads of different models too (one lock per model loaded).
 """
 
 from __future__ import annotations
@@ -14,17 +17,21 @@ import gc
 import itertools
 import os
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import torch
 from mcp.server.mcpserver.exceptions import ToolError
 
 from lens import DEFAULT_MODEL, HookedTransformer, list_models
 from lens.cache import ActivationCache
+from lens.guard import Guard
+from mcp_server.calls import BusyError, Call, ModelLock, current_call, run_guarded
 from mcp_server.plots import PlotFolder
 
 GiB = 2**30
@@ -52,6 +59,11 @@ class Settings:
     device: str | None = None  # None: cuda when available
     model_budget: int = field(default_factory=lambda: _physical_memory() // 2)  # bytes of weights
     cache_budget: int = field(default_factory=lambda: min(_physical_memory() // 4, 8 * GiB))  # bytes of activations
+    work_budget: int = field(default_factory=lambda: min(_physical_memory() // 4, 8 * GiB))  # running calls, together
+    busy_timeout: float = 120.0  # seconds a call waits for a busy model (or another call's load of it)
+    max_waiting: int = 64  # calls queued on one model before more are refused at once
+    model_dirs: list[Path] | None = None  # load_model paths must lie inside one of these (None: anywhere)
+    max_threads: int = 16  # worker threads for tool calls (the SDK's own pool stays free)
 
 
 @dataclass
@@ -61,7 +73,7 @@ class LoadedModel:
     options: dict  # dtype and processing flags
     model: HookedTransformer
     nbytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: ModelLock  # one per model object, so a model registered in memory and admitted again keeps it
 
 
 @dataclass
@@ -112,8 +124,11 @@ class State:
         self.registered = dict(registered or {})  # in-memory models, loadable by name (tests, notebooks)
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self.caches: OrderedDict[str, StoredCache] = OrderedDict()
-        self._lock = threading.RLock()  # guards the two dicts
-        self._loading = threading.Lock()  # one load at a time
+        self._lock = threading.RLock()  # guards the dicts and the running calls
+        self._loading: dict[str, threading.Lock] = {}  # one load at a time per model handle
+        self.calls: set[Call] = set()  # the tool calls running or waiting now
+        self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its ModelLock
+        self.threads = anyio.CapacityLimiter(settings.max_threads)
         self.vectors: dict[str, StoredVector] = {}
         self._cache_ids = itertools.count(1)
         self._vector_ids = itertools.count(1)
@@ -131,15 +146,35 @@ class State:
         source = source or self.settings.default_model
         options = {"dtype": dtype, **{f: bool(flags.get(f, False)) for f in PROCESSING_FLAGS}}
         handle = _handle(source, options)
-        with self._loading:
+        self._check_allowed(source)
+        with self._lock:
+            loading = self._loading.setdefault(handle, threading.Lock())
+        if not loading.acquire(timeout=self.settings.busy_timeout):
+            raise BusyError(f"{handle!r} has been loading in another call for over {self.settings.busy_timeout:.0f} s; "
+                       f"retry later (other models load meanwhile)")
+        try:
             with self._lock:
                 if handle in self.models:
                     self.models.move_to_end(handle)
                     return self.models[handle], False
             model = self._build(source, options)
-            entry = LoadedModel(handle, source, options, model, model_bytes(model))
+            with self._lock:
+                lock = self._model_locks.setdefault(model, ModelLock(handle))
+            entry = LoadedModel(handle, source, options, model, model_bytes(model), lock)
             self._admit_model(entry)
+        finally:
+            loading.release()
         return entry, True
+
+    def _check_allowed(self, source: str) -> None:
+        """With model_dirs set, a local path must lie inside one of them (aliases and hub ids load)."""
+        dirs = self.settings.model_dirs
+        if dirs is None or source in self.registered or not _is_path(source):
+            return
+        path = Path(source).expanduser().resolve()
+        if not any(path.is_relative_to(Path(d).expanduser().resolve()) for d in dirs):
+            raise ToolError(f"this server loads local models only from {[str(d) for d in dirs]} (--model-dir); "
+                            f"{source!r} is outside them. Use a registry alias (list_models) or a file inside.")
 
     def make_current(self, entry: LoadedModel) -> None:
         self.current = entry.handle
@@ -153,7 +188,7 @@ class State:
                                 f"({str(model.dtype).removeprefix('torch.')}, no weight processing)")
             return model
         return HookedTransformer.from_pretrained(source, device=self.settings.device, dtype=DTYPES[options["dtype"]],
-                                                 **flags)
+                                                 max_bytes=self.settings.model_budget, **flags)
 
     def _admit_model(self, entry: LoadedModel) -> None:
         budget = self.settings.model_budget
@@ -197,12 +232,62 @@ class State:
                         f"{self.known_sources()}" + (f"; did you mean {near}?" if near else "") +
                         ". Load a model with load_model (an alias, a local HF folder or a .gguf path).")
 
+    def loaded(self, ref: str | None) -> LoadedModel | None:
+        """The loaded model `ref` names (None: the current one), or None if it needs loading."""
+        with self._lock:
+            ref = self.current if ref is None else ref
+            return self.models.get(ref) if ref is not None else None
+
     @contextmanager
     def using(self, ref: str | None) -> Iterator[LoadedModel]:
-        """The model, held for this call alone (calls on one model run one at a time)."""
+        """The model, held for this call alone (calls on one model run one at a time). A tool call's
+        own model was taken before its thread started (`calling`); any other waits here, up to busy_timeout."""
+        call = current_call()
+        if call is not None and call.entry is not None and ref in (call.ref, call.entry.handle):
+            yield call.entry
+            return
         entry = self.resolve(ref)
-        with entry.lock:
+        entry.lock.acquire(call, self.settings.busy_timeout)
+        try:
             yield entry
+        finally:
+            entry.lock.release()
+
+    @asynccontextmanager
+    async def calling(self, call: Call, needs_model: bool, ref: str | None = None) -> AsyncIterator[Call]:
+        """Register a tool call for its duration: its guard (cancel flag, working-memory reservation) and,
+        when it needs a model, that model (loaded on a worker thread if need be), waited for asynchronously."""
+        call.guard = Guard(max_bytes=self.settings.work_budget, reserve=lambda n, what: self.reserve_work(call, n, what),
+                           limit_name="the server's working-memory budget (--work-budget-gb)")
+        with self._lock:
+            self.calls.add(call)
+        try:
+            if needs_model:
+                entry = self.loaded(ref) or await run_guarded(call, lambda: self.resolve(ref), self.threads)
+                await entry.lock.acquire_async(call, self.settings.busy_timeout, self.settings.max_waiting)
+                call.ref, call.entry = ref, entry
+            try:
+                yield call
+            finally:
+                if call.entry is not None:
+                    call.entry.lock.release()
+        finally:
+            with self._lock:
+                self.calls.discard(call)
+
+    def reserve_work(self, call: Call, nbytes: int, what: str) -> None:
+        """Raise the call's working-memory reservation to nbytes, if the running calls together stay within
+        the budget (the guard has already refused what alone exceeds it)."""
+        with self._lock:
+            if nbytes <= call.work_bytes:
+                return
+            others = [c for c in self.calls if c is not call and c.work_bytes]
+            used = sum(c.work_bytes for c in others)
+            if used + nbytes > self.settings.work_budget:
+                raise BusyError(f"{what} needs about {mib(nbytes)} of working memory, but {mib(used)} of the "
+                           f"{mib(self.settings.work_budget)} budget is held by running calls: "
+                           f"{'; '.join(c.describe() for c in others)}. Retry when they finish.")
+            call.work_bytes = nbytes
 
     def release_model(self, handle: str) -> int:
         with self._lock:
@@ -215,20 +300,31 @@ class State:
     # --- caches ------------------------------------------------------------------------------
 
     def reserve_cache(self, nbytes: int) -> None:
-        """Make room for a cache of about nbytes, dropping the least recently used ones."""
+        """Make room for a cache of about nbytes, dropping the least recently used ones. Within a tool call the
+        room stays reserved until store_cache (or the call's end), so caches made at once fit together."""
         budget = self.settings.cache_budget
         if nbytes > budget:
             raise ToolError(f"caching these activations would take about {mib(nbytes)}, more than the cache "
                             f"budget of {mib(budget)}. Cache fewer hooks (hooks=['resid_post', ...]), use a "
                             f"shorter prompt, or restart the server with a larger --cache-budget-gb.")
+        call = current_call()
         with self._lock:
-            while self.caches and sum(c.nbytes for c in self.caches.values()) + nbytes > budget:
+            pending = sum(c.cache_bytes for c in self.calls if c is not call)
+            while self.caches and sum(c.nbytes for c in self.caches.values()) + pending + nbytes > budget:
                 self.caches.popitem(last=False)  # its tensors are freed as the last reference goes
+            if pending + nbytes > budget:
+                raise BusyError(f"caching these activations would take about {mib(nbytes)}, and caches being made by "
+                           f"running calls hold {mib(pending)} of the {mib(budget)} cache budget; retry when they end")
+            if call is not None:
+                call.cache_bytes = nbytes
 
     def store_cache(self, model_handle: str, cache: ActivationCache, str_tokens: list[str]) -> StoredCache:
+        call = current_call()
         with self._lock:
             entry = StoredCache(f"c{next(self._cache_ids)}", model_handle, cache, str_tokens, cache.nbytes)
             self.caches[entry.handle] = entry
+            if call is not None:
+                call.cache_bytes = 0
         return entry
 
     def cache(self, handle: str) -> StoredCache:

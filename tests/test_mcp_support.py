@@ -52,15 +52,17 @@ def tiny_server(model: HookedTransformer, tmp_path: Path):
     return create_server(Settings(out_dir=tmp_path / "plots", default_model="tiny"), models={"tiny": model})
 
 
-def save_tiny_folder(folder: Path) -> Path:
-    """A tiny random Llama saved as save_pretrained writes it, with the tokenizer: loadable by path."""
+def save_tiny_folder(folder: Path, **config) -> Path:
+    """A tiny random Llama saved as save_pretrained writes it, with the tokenizer: loadable by path.
+    config: LlamaConfig fields to change (hidden_size, num_hidden_layers, ...)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256) | config
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **shape)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -61,12 +61,18 @@ def in_range(index: int, size: int, what: str, of: str) -> int:
 
 
 def all_in_range(indices, size: int, what: str, of: str) -> list[int]:
-    """None → all of 0..size-1; else each index checked by in_range. An empty list is an error."""
+    """None → all of 0..size-1; else each index checked by in_range. An empty list is an error, and so is
+    an index given twice (also as -1 and size - 1): it would run the same work twice."""
     if indices is None:
         return list(range(size))
     if not len(indices):
         raise ValueError(f"no {what}s given: give at least one, or None for all {size}")
-    return [in_range(i, size, what, of) for i in indices]
+    checked = [in_range(i, size, what, of) for i in indices]
+    twice = sorted({i for i in checked if checked.count(i) > 1})
+    if twice:
+        raise ValueError(f"{what}s {twice} are given more than once (negative indices count from the end); give "
+                         f"each {what} once")
+    return checked
 
 
 def resolve_pos(pos: int, n: int) -> int:

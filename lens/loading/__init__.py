@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from lens.config import ModelConfig
 from lens.errors import InsufficientMemoryError, ModelFileNotFoundError, UnknownModelError
 from lens.loading import checkpoints, weight_cache
 from lens.loading.families import family_for, supported_families
+from lens.loading.headers import regular_file
 from lens.loading.processing import process_weights
 from lens.loading.registry import ALIASES, DEFAULT_MODEL, list_models
 from lens.tokens import detects_bos
@@ -52,6 +54,8 @@ def resolve(name_or_path: str) -> tuple[str, Path | str, str | None]:
         return "hub", alias.hub_id, alias.hub_id
     path = Path(name_or_path).expanduser()
     if path.exists():
+        if not path.is_dir():
+            regular_file(path)  # a FIFO or device would block the reader forever
         return ("gguf" if path.is_file() and path.suffix == ".gguf" else "folder"), path, None
     if _is_path_like(name_or_path):
         raise ModelFileNotFoundError(f"no such file or folder: {path}")
@@ -61,16 +65,19 @@ def resolve(name_or_path: str) -> tuple[str, Path | str, str | None]:
     return "hub", name_or_path, name_or_path
 
 
-def _read(kind: str, location) -> tuple[ModelConfig, dict, object, bool]:
-    """(cfg, lens tensors, tokenizer, served_from_cache)."""
+def _read(kind: str, location, before_weights: Callable[[ModelConfig], None]) -> tuple[ModelConfig, dict, object, bool]:
+    """(cfg, lens tensors, tokenizer, served_from_cache). before_weights(cfg) runs before any weight is read."""
+    def check(hf_config):
+        before_weights(model_config(hf_config))
+
     if kind == "gguf":
-        cached = weight_cache.load(location)
+        cached = weight_cache.load(location, before_weights)
         if cached is not None:
             return (*cached, True)
-        ck = checkpoints.read_gguf(location)
+        ck = checkpoints.read_gguf(location, check)
     else:
         folder = checkpoints.download(location) if kind == "hub" else location
-        ck = checkpoints.read_folder(folder)
+        ck = checkpoints.read_folder(folder, check)
     cfg = model_config(ck.hf_config, ck.tokenizer)
     tensors = family_for(ck.hf_config.model_type).convert(ck.state_dict, cfg)
     if kind == "gguf":
@@ -78,8 +85,16 @@ def _read(kind: str, location) -> tuple[ModelConfig, dict, object, bool]:
     return cfg, tensors, ck.tokenizer, False
 
 
-def _check_memory(cfg: ModelConfig, dtype: torch.dtype, device: str) -> None:
+def _check_memory(cfg: ModelConfig, dtype: torch.dtype, device: str, max_bytes: int | None = None,
+                  check_free: bool = True) -> None:
     need = cfg.n_params * torch.finfo(dtype).bits // 8
+    if max_bytes is not None and need > max_bytes:
+        raise InsufficientMemoryError(
+            f"the weights need about {need / 2**20:,.1f} MiB in {str(dtype).removeprefix('torch.')}, more than the "
+            f"model memory budget of {max_bytes / 2**20:,.1f} MiB. Load it in bfloat16, pick a smaller model, or "
+            f"raise the budget.")
+    if not check_free:
+        return
     if str(device).startswith("cuda"):
         free = torch.cuda.mem_get_info(torch.device(device))[0]
     else:
@@ -93,18 +108,21 @@ def _check_memory(cfg: ModelConfig, dtype: torch.dtype, device: str) -> None:
 def load_pretrained(name_or_path: str = DEFAULT_MODEL, *, device=None, dtype: torch.dtype = torch.float32,
                     fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
                     fold_value_biases: bool = False, device_map: dict | str | None = None,
-                    n_devices: int | None = None, max_memory: dict | None = None, offload_folder: str | None = None):
+                    n_devices: int | None = None, max_memory: dict | None = None, offload_folder: str | None = None,
+                    max_bytes: int | None = None):
+    """See HookedTransformer.from_pretrained. max_bytes: refuse weights larger than this, checked from the
+    config or file header before any weight is read."""
     from lens.model.transformer import HookedTransformer
 
     started = time.perf_counter()
-    kind, location, hub_id = resolve(str(name_or_path))
-    cfg, tensors, tokenizer, cached = _read(kind, location)
     dispatched = device_map is not None or n_devices is not None
     if dispatched and device is not None:
         raise ValueError("pass device, or device_map/n_devices to split the model, not both")
     device = "cpu" if dispatched else device or _default_device()
-    if not dispatched:  # a device map is planned against each device's memory by accelerate
-        _check_memory(cfg, dtype, device)
+    kind, location, hub_id = resolve(str(name_or_path))
+    # a device map is planned against each device's memory by accelerate
+    cfg, tensors, tokenizer, cached = _read(kind, location,
+                                            lambda cfg: _check_memory(cfg, dtype, device, max_bytes, not dispatched))
     model = HookedTransformer(cfg, tokenizer=tokenizer, dtype=dtype, device=device)
     model.weights.load(tensors)
     model.eval()

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,8 +34,9 @@ def cache_key(source: Path) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def load(source: Path):
-    """(ModelConfig, tensors, tokenizer) from the cache, or None on a miss or an unreadable entry."""
+def load(source: Path, before_weights: Callable[[ModelConfig], None] = lambda cfg: None):
+    """(ModelConfig, tensors, tokenizer) from the cache, or None on a miss or an unreadable entry.
+    before_weights(cfg) runs before the weights are read (a budget check: its errors propagate)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -43,6 +45,11 @@ def load(source: Path):
         return None
     try:
         cfg = ModelConfig.from_json((entry / "lens_config.json").read_text())
+    except Exception:  # a damaged entry is rebuilt, never trusted
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    before_weights(cfg)
+    try:
         tensors = load_file(entry / "weights.safetensors")
         tokenizer = AutoTokenizer.from_pretrained(entry / "tokenizer") if (entry / "tokenizer").exists() else None
     except Exception:  # a damaged entry is rebuilt, never trusted

@@ -18,7 +18,9 @@ from lens import tokens as tok
 from lens.config import ModelConfig
 from lens.errors import HookWouldNotFireError, SequenceTooLongError
 from lens.factored import CompositionKind, composition_scores, ov_circuit, qk_circuit
+from lens.guard import check_cancelled
 from lens.hooks import HookFn, HookPoint, HookRegistry, NameOrFilter
+from lens.memory import check_forward
 from lens.model.attention import ForwardContext
 from lens.model.block import Block
 from lens.model.kv_cache import KVCache
@@ -67,19 +69,20 @@ class HookedTransformer(nn.Module):
                         fold_ln: bool = False, center_writing_weights: bool = False, center_unembed: bool = False,
                         fold_value_biases: bool = False, device_map: dict | str | None = None,
                         n_devices: int | None = None, max_memory: dict | None = None,
-                        offload_folder: str | None = None) -> HookedTransformer:
+                        offload_folder: str | None = None, max_bytes: int | None = None) -> HookedTransformer:
         """Load an alias (`lens.list_models()`), an HF hub id, a local HF folder or a .gguf file.
 
         device None = cuda when available; dtype float32 (default), bfloat16 or float16. The
         weight-processing flags (off by default, so hook values equal HF's) rewrite weights as
         TransformerLens does: see lens/loading/processing.py. To split a model over devices or
         offload blocks to CPU/disk, pass device_map (a dict or "auto" with max_memory),
-        or n_devices; see dispatch()."""
+        or n_devices; see dispatch(). max_bytes refuses weights larger than that, checked from the
+        config or file header before any weight is read."""
         from lens.loading import load_pretrained
         return load_pretrained(name_or_path, device=device, dtype=dtype, fold_ln=fold_ln,
                                center_writing_weights=center_writing_weights, center_unembed=center_unembed,
                                fold_value_biases=fold_value_biases, device_map=device_map, n_devices=n_devices,
-                               max_memory=max_memory, offload_folder=offload_folder)
+                               max_memory=max_memory, offload_folder=offload_folder, max_bytes=max_bytes)
 
     @classmethod
     def from_config(cls, cfg, seed: int = 0, dtype: torch.dtype = torch.float32, device=None,
@@ -299,12 +302,14 @@ class HookedTransformer(nn.Module):
         if offset + n > self.cfg.n_ctx:
             raise SequenceTooLongError(f"the input is {offset + n} tokens; this model's context window (n_ctx) "
                                        f"is {self.cfg.n_ctx}. Shorten the prompt or split it.")
+        check_forward(self, batch, n, offset, past_kv_cache, logits=return_type is not None and stop == self.cfg.n_layers)
         ctx = self._context(batch, n, mask, past_kv_cache)
         for handle in self._hooks.handles:  # the attached hooks only, not every hook point
             handle.point.ctx = ctx
         if resid is None:
             resid = self._embed(tokens, ctx.positions)
         for block in self.blocks[start:stop]:
+            check_cancelled()  # a caller's guard may ask the work to stop (lens.guard)
             resid = block(resid, ctx)
         if past_kv_cache is not None:
             past_kv_cache.end_step(n)

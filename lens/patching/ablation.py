@@ -24,7 +24,7 @@ from lens.analysis.common import all_in_range, prompt_text, str_tokens
 from lens.data.stats import grid_spread
 from lens.hooks import act_name
 from lens.patching.activation import set_positions
-from lens.patching.components import Component, parse
+from lens.patching.components import Component, distinct, parse
 from lens.patching.engine import Edit, run_patches
 from lens.patching.inputs import sweep_scores, to_tokens
 from lens.patching.metrics import metric_name
@@ -139,8 +139,12 @@ def ablate(model, prompt, metric=None, what: AblationTarget = "heads", method: M
                   for index in itertools.product(*coords)]
     else:
         listed = [parse(model, c) for c in components]
+        if not listed:
+            raise ValueError("components is empty: list at least one ('L9H6', 'L3.mlp', 'L3.attn', 'L3N1031'), or "
+                             "leave it out to sweep every one of what=")
         if any(c.kind not in HOOK_OF for c in listed):
             raise ValueError(f"ablate takes heads, neurons, MLP and attention layers, not {[c.name for c in listed]}")
+        distinct(listed, "component")
         axes, coords = ["component"], [list(range(len(listed)))]
         names = [c.name for c in listed]
         what = ", ".join(names) if together else "the listed components"

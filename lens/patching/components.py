@@ -8,6 +8,7 @@ Strings as the analyses print them — "L9H6", "L9H6.q" (also .k, .v, .qkv), "L3
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,3 +73,11 @@ def _parse(spec) -> Component:
         return Component("neuron", int(spec[1]), int(spec[2]))
     raise ValueError(f"{spec!r} names no component; write a head 'L9H6' or (9, 6), its query 'L9H6.q', an MLP "
                      f"'L3.mlp', an attention layer 'L3.attn', a neuron 'L3N1031', or 'logits'")
+
+
+def distinct(components: Sequence[Component], what: str) -> None:
+    """A component listed twice would run (or be counted) twice: an error naming it."""
+    names = [c.name for c in components]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{what}s {twice} are listed more than once; list each {what} once")

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lens import guard
+from lens.memory import forward_bytes
 from lens.model.kv_cache import KVCache
 from lens.patching.slots import pos_axis
 
@@ -99,8 +101,11 @@ def copies_per_forward(model, batch: int, n_run: int, n_pos: int, n_logit_pos: i
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         return batch_size
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    copies = max(1, budget // _bytes_per_copy(model, batch, n_run, n_pos, n_logit_pos))
+    budget = guard.limit(DEFAULT_MEMORY_BUDGET) if memory_budget is None else memory_budget
+    per_copy = _bytes_per_copy(model, batch, n_run, n_pos, n_logit_pos)
+    if guard.current() is not None:  # size batches so the guard's own estimate of each forward fits too
+        per_copy = max(per_copy, sum(forward_bytes(model, batch, n_run, n_pos, True, n_pos, logits=False).values()))
+    copies = max(1, budget // per_copy)
     if model.device.type == "cpu":
         copies = min(copies, max(1, CPU_MAX_TOKENS // (batch * n_run)))
     return copies
@@ -108,6 +113,7 @@ def copies_per_forward(model, batch: int, n_run: int, n_pos: int, n_logit_pos: i
 
 def _first_change(patch: Patch, base: dict[str, torch.Tensor], n_pos: int) -> int:
     """The first position a patch changes on the base run (n_pos: it changes nothing)."""
+    guard.check_cancelled()  # planning a long sweep takes seconds: stop here too when asked
     first = n_pos
     for edit in patch:
         activation = base[edit.hook]

@@ -24,7 +24,7 @@ import torch
 from lens.analysis.common import all_in_range, str_tokens
 from lens.hooks import act_name
 from lens.patching.activation import set_positions
-from lens.patching.components import Component, parse
+from lens.patching.components import Component, distinct, parse
 from lens.patching.engine import Edit, run_patches, scalar
 from lens.patching.inputs import pair_or_set, sweep_scores
 from lens.patching.metrics import metric_name
@@ -47,6 +47,21 @@ def _reaches(model, sender: Component, receiver: Component) -> bool:
     same_layer_ok = (receiver.kind == "mlp" and sender.kind in ("head", "attn")
                      and not model.cfg.parallel_attn_mlp)  # a sequential block's MLP reads its attention
     return sender.layer < receiver.layer or (sender.layer == receiver.layer and same_layer_ok)
+
+
+def _check_senders(model, senders: list[Component], receivers: list[Component]) -> None:
+    """Listed senders: at least one, each a head / MLP / attention layer, each once, each before a receiver."""
+    if not senders:
+        raise ValueError("senders is empty: list at least one component ('L5H5', 'L3.mlp', 'L3.attn'), or give "
+                         "'heads' or 'mlps' to sweep them all")
+    if any(s.kind not in SENDER_KINDS for s in senders):
+        raise ValueError(f"senders are heads, MLPs or attention layers, not {[s.name for s in senders]}")
+    distinct(senders, "sender")
+    late = [s.name for s in senders if not any(_reaches(model, s, r) for r in receivers)]
+    if late:
+        raise ValueError(f"senders {late} sit at or after the layer of every receiver "
+                         f"({', '.join(r.name for r in receivers)}), so no path runs from them to a receiver; "
+                         f"a sender must be in an earlier layer (or, for an MLP receiver, the same layer's attention)")
 
 
 def _output_hook(component: Component) -> str:
@@ -87,6 +102,7 @@ def path_patch(model, clean, corrupted=None, metric=None, receivers="logits", se
     if any(r.kind == "logits" for r in receivers) and len(receivers) > 1:
         raise ValueError("'logits' is a receiver on its own (the direct path to the output); path-patch the other "
                          "receivers in a separate call")
+    distinct(receivers, "receiver")
     if senders == "heads":
         sender_sets = [[Component("head", l, h)] for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
         axes, coords, names = ["layer", "head"], [list(range(cfg.n_layers)), list(range(cfg.n_heads))], None
@@ -95,8 +111,7 @@ def path_patch(model, clean, corrupted=None, metric=None, receivers="logits", se
         axes, coords, names = ["layer"], [list(range(cfg.n_layers))], None
     else:
         listed = [parse(model, s) for s in _as_list(senders)]
-        if any(s.kind not in SENDER_KINDS for s in listed):
-            raise ValueError(f"senders are heads, MLPs or attention layers, not {[s.name for s in listed]}")
+        _check_senders(model, listed, receivers)
         sender_sets = [listed] if together else [[s] for s in listed]
         axes, coords = ([], []) if together else (["component"], [list(range(len(listed)))])
         names = None if together else [s.name for s in listed]
