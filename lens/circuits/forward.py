@@ -90,7 +90,10 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
     per prompt on this input ([batch] float64), from the same forward."""
     from lens.circuits.patched import row_metric
+    from lens.guard import require
     batch, n_pos = tokens.shape
+    require(graph.n_senders * batch * n_pos * model.cfg.d_model * model.dtype.itemsize,
+            "every sender's output (circuit discovery)", "use fewer or shorter prompts")
     out = torch.empty(graph.n_senders, batch, n_pos, model.cfg.d_model, dtype=model.dtype, device=model.device)
 
     def keep(first, x):

@@ -23,6 +23,7 @@ import torch
 
 from lens.circuits.forward import final_resid_hook, graph_hooks
 from lens.circuits.graph import Graph
+from lens.guard import limit, require
 from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import _wide
 
@@ -79,7 +80,7 @@ def _plans(graph: Graph, off: torch.Tensor) -> list[list[_Plan | None]]:
 
 def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_pos: int, n_deltas: int,
                          memory_budget: int | None) -> int:
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     per_copy = 2 * _bytes_per_copy(model, batch, n_pos, n_pos, n_logit_pos)  # per-head inputs double it
     per_copy += (n_deltas + 2) * batch * n_pos * model.cfg.d_model * model.dtype.itemsize
     copies = max(1, budget // per_copy)
@@ -123,6 +124,8 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
     slot[needed] = torch.arange(len(needed))
     needed_t = torch.tensor(needed, dtype=torch.long)
     # [copies, needed senders, batch, pos, d_model]: one copy's deltas of a sender prefix are one matrix
+    require(n_copies * len(needed) * batch * n_pos * d_model * model.dtype.itemsize,
+            "the sender differences of the circuits in one forward", "use fewer or shorter prompts")
     deltas = torch.empty(n_copies, len(needed), batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     total = torch.zeros(n_copies, batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     state = {"total": total, "at_attn": total}
