@@ -22,6 +22,7 @@ from lens.circuits.forward import graph_hooks, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
+from lens.guard import limit
 from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import metric_name
 
@@ -58,7 +59,7 @@ class EdgeScores:
 
 def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memory_budget: int | None) -> int:
     """Prompts per gradient pass: activations kept for the backward, per-head inputs, sender deltas."""
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     cfg, size = model.cfg, model.dtype.itemsize
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
     per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
