@@ -23,6 +23,7 @@ from lens.factored import FactoredMatrix
 from lens.hooks import HookPoint, act_name
 from lens.loading import DEFAULT_MODEL, list_models, supported_families
 from lens.model.transformer import HookedTransformer, Output
+from lens.sae import SAE, DictionaryError
 
 get_act_name = act_name  # TransformerLens's name for it
 
@@ -31,7 +32,8 @@ __all__ = [
     "act_name", "get_act_name", "list_models", "supported_families", "DEFAULT_MODEL", "LensError", "UnknownHookError",
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
-    "PromptSet", "Spread", "make_dataset", "investigate", "MemoryBudgetError", "Cancelled",
+    "PromptSet", "Spread", "make_dataset", "investigate", "MemoryBudgetError", "Cancelled", "SAE",
+    "DictionaryError",
 ]
 
 

@@ -49,6 +49,7 @@ def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, answer: str
          plots.plot_head_scores(heads, out_dir / "induction_heads.png")),
     ]
     sections += interventions(model, out_dir)
+    sections += features(model, out_dir)
     for text, path in sections:
         print(f"\n{text}\nplot: {path}" if path else f"\n{text}", file=out)
     return [path for _, path in sections if path]
@@ -101,6 +102,38 @@ def investigate_command(args) -> None:
     ps = make_dataset(model, args.task, n=args.n, seed=args.seed)
     report = investigate(model, ps, args.metric, args.out)
     print(report.summary())
+
+
+CITY_TEXTS = ["I flew from Paris to Tokyo, then on to Berlin and Madrid.",
+              "The museums of London and Rome are full in summer.",
+              "We drove through Vienna on the way to Prague and Budapest.",
+              "She wrote the function in Python and tested it on Monday.",
+              "The recipe needs two eggs, flour and a cup of milk."]
+CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest"]
+
+
+def features(model, out_dir: Path) -> list[tuple[str, str | None]]:
+    """A dictionary on the model (lens.sae): its quality numbers, the features of a sentence, the
+    feature most selective for city names and its top contexts over held-out text, and steering with it."""
+    from lens.sae import train
+    from lens.sae.quality import quality
+    from lens.sae.reading import max_activating, selective_features, top_features
+    from lens.sae.steering import steer_feature
+
+    recipe = train.Recipe() if train.is_cached(model) else train.QUICK  # QUICK trains in seconds
+    sae = train.default_dictionary(model, recipe, verbose=False)
+    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:3]
+    checked = quality(model, sae, heldout)
+    top = top_features(model, sae, CITY_TEXTS[0], k=3)
+    city = selective_features(model, sae, CITY_TEXTS, CITIES, k=1)[0]
+    contexts = max_activating(model, sae, heldout + CITY_TEXTS, city.feature, k=6, window=(6, 2))
+    steered = steer_feature(model, sae, "Last year we went on holiday to", city.feature,
+                            coefficients=[0.0, 2 * max(c.activation for c in contexts.contexts)], max_new_tokens=8)
+    name = "the default" if recipe == train.Recipe() else "a quick (not yet cached)"
+    return [(f"dictionary: {name} {sae!r}\n{checked.summary()}", None),
+            (top.summary(), top.plot(out_dir / "features.png")),
+            (f"feature #{city.feature} is the most selective for city names (mean {city.on_targets:.2f} on them, "
+             f"{city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n{steered.summary()}", None)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,9 @@ class HookPoint(nn.Module):
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
         self.ctx = None  # the ForwardContext of the forward running this hook (positions, KV-cache offset)
+        # A spliced dictionary (lens/sae/splice.py): a plain function, so its module stays out of the
+        # model's parameters. It runs before the hooks, which see what it returns.
+        self.splice: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def layer(self) -> int | None:
         match = re.match(r"blocks\.(\d+)\.", self.name)
@@ -42,10 +45,13 @@ class HookPoint(nn.Module):
 
     @property
     def has_hooks(self) -> bool:
-        return bool(self.fwd_fns or self.bwd_fns)
+        """Whether anything (a hook or a spliced dictionary) reads this point, so it must be computed."""
+        return bool(self.fwd_fns or self.bwd_fns or self.splice)
 
-    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is one branch.
+    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is two attribute checks.
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.splice is not None:
+            x = self.splice(x)
         if not (self.fwd_fns or self.bwd_fns):
             return x
         for fn in self.fwd_fns:
@@ -192,7 +198,8 @@ class HookRegistry:
         self.remove([h for h in list(self.handles) if including_permanent or not h.permanent])
 
     def hooked(self) -> list[str]:
-        return [name for name, point in self.points.items() if point.has_hooks]
+        """The points with hooks attached (spliced dictionaries are part of the model, not hooks)."""
+        return [name for name, point in self.points.items() if point.fwd_fns or point.bwd_fns]
 
     @contextmanager
     def attached(self, fwd_hooks=(), bwd_hooks=()):

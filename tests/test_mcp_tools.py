@@ -32,7 +32,7 @@ from mcp_server import Settings, create_server
 TOOLS = {"list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
          "logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
          "attribution_patch", "path_patch", "ablate", "steer", "generate", "find_circuit", "evaluate_circuit",
-         "investigate"}
+         "investigate", "features"}
 READ_ONLY = {"list_models", "model_info", "tokenize", "get_activation", "generate"}
 
 

@@ -115,12 +115,23 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
     if positions not in ("all", "prompt", "generated") and isinstance(positions, str):
         raise ValueError(f"positions must be 'all', 'prompt', 'generated' or a list of positions, not {positions!r}")
     ids = prompt_tokens(model, prompt)
+    return steer_with_hooks(
+        model, ids, lambda c: [(name, steering_hook(vector, c, positions, ids.shape[1]))], coefficients, name,
+        positions if isinstance(positions, str) else str(list(positions)), float(vector.norm()), prompt,
+        max_new_tokens, seed, do_sample, temperature, tokens)
+
+
+def steer_with_hooks(model, ids: torch.Tensor, make_hooks, coefficients: Sequence[float], hook: str, positions: str,
+                     vector_norm: float, prompt=None, max_new_tokens: int = 20, seed: int = 0, do_sample: bool = False,
+                     temperature: float = 1.0, tokens: Sequence[str | int] = ()) -> SteeringResult:
+    """What steer() does with any hooks: `make_hooks(coefficient)` gives the forward hooks of one
+    generation (e.g. clamping a dictionary feature, lens/sae/steering.py)."""
     token_ids = [token_id(model, t) for t in tokens]
     with torch.no_grad():
         base_logits = model(ids)[0, -1]
     generations = []
     for coefficient in coefficients:
-        hooks = [(name, steering_hook(vector, float(coefficient), positions, ids.shape[1]))]
+        hooks = make_hooks(float(coefficient))
         with torch.no_grad(), model.hooks(hooks):
             logits = model(ids)[0, -1]
             out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -129,6 +140,5 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int, coefficients: Se
             out[0, ids.shape[1]:].tolist())
         shifts = {token_str(model, t): float(logits[t] - base_logits[t]) for t in token_ids}
         generations.append(SteeredGeneration(coefficient=float(coefficient), text=text, logit_shifts=shifts))
-    return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=name,
-                          positions=positions if isinstance(positions, str) else str(list(positions)),
-                          vector_norm=float(vector.norm()), generations=generations)
+    return SteeringResult(prompt=prompt_text(model, ids if prompt is None else prompt, ids), hook=hook,
+                          positions=positions, vector_norm=vector_norm, generations=generations)

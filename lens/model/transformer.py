@@ -155,18 +155,48 @@ class HookedTransformer(nn.Module):
         with self._hooks.attached(fwd_hooks, bwd_hooks):
             yield self
 
-    def run_with_hooks(self, input, *model_args, fwd_hooks=(), bwd_hooks=(), **model_kwargs):
-        """Forward with hooks attached for this call only. Backward hooks fire on a later .backward()."""
-        with self._hooks.attached(fwd_hooks, bwd_hooks):
+    def run_with_hooks(self, input, *model_args, fwd_hooks=(), bwd_hooks=(), saes=None, **model_kwargs):
+        """Forward with hooks attached for this call only. Backward hooks fire on a later .backward().
+        saes: dictionaries spliced for this call (with the error term), so hooks can name their features."""
+        with self.saes(saes), self._hooks.attached(fwd_hooks, bwd_hooks):
             return self(input, *model_args, **model_kwargs)
 
     def run_with_cache(self, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,
-                       incl_bwd=False, **model_kwargs):
+                       incl_bwd=False, saes=None, **model_kwargs):
         """(output, ActivationCache). names_filter: a name, short name, list, or predicate; None = all
-        hook points except the on-request ones (hook_result and the per-head input hooks)."""
+        hook points except the on-request ones (hook_result and the per-head input hooks).
+        saes: dictionaries spliced for this call (with the error term); their features are cached too."""
         from lens.cache import run_with_cache
-        return run_with_cache(self, input, *model_args, names_filter=names_filter, device=device,
-                              remove_batch_dim=remove_batch_dim, incl_bwd=incl_bwd, **model_kwargs)
+        with self.saes(saes):
+            return run_with_cache(self, input, *model_args, names_filter=names_filter, device=device,
+                                  remove_batch_dim=remove_batch_dim, incl_bwd=incl_bwd, **model_kwargs)
+
+    # --- dictionaries (lens/sae) ---------------------------------------------------------
+
+    def add_sae(self, sae, use_error_term: bool = True):
+        """Splice a dictionary (lens.SAE) in at its hook; its features become hook points
+        (`<hook>.hook_sae_acts_post`, ...). With the error term the outputs are unchanged until a
+        feature is edited; without it the reconstruction replaces the activation. See lens/sae/splice.py."""
+        from lens.sae.splice import add_sae
+        return add_sae(self, sae, use_error_term)
+
+    def remove_sae(self, sae_or_hook=None) -> None:
+        """Remove a spliced dictionary (by object or hook name), or all of them (None)."""
+        from lens.sae.splice import remove_sae
+        remove_sae(self, sae_or_hook)
+
+    reset_saes = remove_sae  # SAELens's name for removing them all
+
+    @property
+    def attached_saes(self) -> dict:
+        """The spliced dictionaries by the hook they read."""
+        from lens.sae.splice import attached
+        return attached(self)
+
+    def saes(self, saes=None, use_error_term: bool = True):
+        """A context manager splicing dictionaries for a with-block (None: splice nothing)."""
+        from lens.sae.splice import spliced
+        return spliced(self, saes, use_error_term)
 
     def firing_hooks(self, start_at_layer: int | None = None, stop_at_layer: int | None = None) -> list[str]:
         """The hook points a forward with these bounds passes through."""
@@ -279,14 +309,19 @@ class HookedTransformer(nn.Module):
                 padding_side: PaddingSide | None = None, attention_mask: torch.Tensor | None = None,
                 start_at_layer: int | None = None, stop_at_layer: int | None = None,
                 loss_per_token: bool = False, tokens: torch.Tensor | None = None,
-                past_kv_cache: KVCache | None = None):
+                past_kv_cache: KVCache | None = None, saes=None):
         """input: a string, a list of strings (padded, masked), token ids [batch, pos], or, with
         start_at_layer, the residual stream [batch, pos, d_model] entering that layer (pass `tokens`
         too for a loss). Returns logits [batch, pos, d_vocab], the loss, Output(logits, loss), None,
         or, with stop_at_layer, the residual stream entering that layer.
         past_kv_cache: the input continues the sequences the cache holds (see lens.generation);
         attention_mask then covers the new positions only. With a layer range, only the layers run
-        store keys and values; a later forward through a layer that missed positions is an error."""
+        store keys and values; a later forward through a layer that missed positions is an error.
+        saes: dictionaries spliced for this call only, with the error term (see add_sae)."""
+        if saes is not None:
+            with self.saes(saes):
+                return self.forward(input, return_type, prepend_bos, padding_side, attention_mask, start_at_layer,
+                                    stop_at_layer, loss_per_token, tokens, past_kv_cache)
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, not {return_type!r}")
         start, stop = self._layer_range(start_at_layer, stop_at_layer)

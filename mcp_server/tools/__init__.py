@@ -3,6 +3,7 @@
 from mcp_server.tools import (
     cache,
     circuits,
+    features,
     generation,
     heads,
     interventions,
@@ -11,4 +12,4 @@ from mcp_server.tools import (
     steering,
 )
 
-MODULES = (models, cache, reading, heads, interventions, steering, generation, circuits)
+MODULES = (models, cache, reading, heads, interventions, steering, generation, features, circuits)
