@@ -50,4 +50,11 @@ __all__ = [
     "HookWouldNotFireError", "UnknownModelError", "UnsupportedModelError", "CorruptCheckpointError",
     "ModelFileNotFoundError", "SequenceTooLongError", "TokenizationError", "InsufficientMemoryError",
     "MemoryBudgetError", "Cancelled", "SAE", "DictionaryError", "PromptSet", "Spread", "make_dataset",
+    "investigate",
 ]
+
+
+def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigation", **options):
+    """The standard battery on a prompt set, written up as Markdown with plots (lens/investigation.py)."""
+    from lens.investigation import investigate as run
+    return run(model, prompt_set, metric, out_dir, **options)

@@ -79,7 +79,30 @@ def interventions(model, out_dir: Path) -> list[tuple[str, str | None]]:
     steered = steer(model, STEER_PROMPT, vector, layer=layer, coefficients=[-3.0, 0.0, 3.0], max_new_tokens=12,
                     tokens=[" wonderful", " awful"])
     sections.append((steered.summary(), None))
+    sections.append(ioi_circuit(model, out_dir))
     return sections
+
+
+def ioi_circuit(model, out_dir: Path, n: int = 16) -> tuple[str, str]:
+    """Automated circuit discovery on a generated IOI set: the smallest EAP-IG circuit with faithfulness 0.8."""
+    from lens.circuits import find_circuit
+    from lens.data import make_dataset
+    from lens.data.metrics import row_metric
+
+    ps = make_dataset(model, "ioi", n=n, seed=0)
+    found = find_circuit(model, ps, metric=row_metric(ps, "logit_diff"), method="eap-ig", faithfulness=0.8)
+    found.circuit.save(out_dir / "ioi_circuit.json")
+    return f"IOI circuit ({n} prompts):\n" + found.summary(8), found.plot(out_dir / "ioi_circuit.png")
+
+
+def investigate_command(args) -> None:
+    from lens import HookedTransformer, investigate
+    from lens.data import make_dataset
+
+    model = HookedTransformer.from_pretrained(args.model)
+    ps = make_dataset(model, args.task, n=args.n, seed=args.seed)
+    report = investigate(model, ps, args.metric, args.out)
+    print(report.summary())
 
 
 CITY_TEXTS = ["I flew from Paris to Tokyo, then on to Berlin and Madrid.",
@@ -123,11 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--answer", default=DEMO_ANSWER, help="the expected next token (one token)")
     run.add_argument("--out", default="lens-demo", help="folder for the plots (default ./lens-demo)")
     sub.add_parser("models", help="list the registry aliases")
+    inv = sub.add_parser("investigate", help="the standard battery on a generated prompt set → a Markdown report")
+    inv.add_argument("--model", default=DEFAULT_MODEL)
+    inv.add_argument("--task", default="ioi", choices=["ioi", "factual", "induction", "greater_than", "agreement"])
+    inv.add_argument("--n", type=int, default=50, help="prompts in the set (default 50)")
+    inv.add_argument("--seed", type=int, default=0)
+    inv.add_argument("--metric", default="logit_diff", choices=["logit_diff", "logit", "prob", "logprob"])
+    inv.add_argument("--out", default="lens-investigation", help="folder for report.md and its plots")
     args = parser.parse_args(argv)
     if args.command == "models":
         from lens import list_models
         for m in list_models():
             print(f"{m['alias']:14s} {m['hub_id']:40s} installed={m['installed']}  {m['description']}")
+        return
+    if args.command == "investigate":
+        investigate_command(args)
         return
     if args.command is None:  # `python -m lens` alone runs the demo
         args = parser.parse_args(["demo"])

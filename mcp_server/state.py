@@ -105,6 +105,18 @@ class StoredDataset:
     prompt_set: object
 
 
+@dataclass
+class StoredCircuit:
+    """A circuit find_circuit found, with the prompt set and metric it was found on (for evaluate_circuit)."""
+
+    handle: str
+    model_handle: str
+    found: object  # lens.circuits.FoundCircuit
+    prompt_set: object  # lens.data.PromptSet
+    metric: object
+    path: Path  # its JSON (lens.circuits.circuit's format)
+
+
 def model_bytes(model: torch.nn.Module) -> int:
     tensors = itertools.chain(model.parameters(), model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -131,6 +143,8 @@ class State:
         self._cache_ids = itertools.count(1)
         self._vector_ids = itertools.count(1)
         self._dataset_ids = itertools.count(1)
+        self.circuits: dict[str, StoredCircuit] = {}
+        self._circuit_ids = itertools.count(1)
         self.current: str | None = None  # the model a call that names none uses: the last one loaded
 
     # --- models ------------------------------------------------------------------------------
@@ -207,6 +221,8 @@ class State:
             del self.vectors[vector.handle]
         for stored in [d for d in self.datasets.values() if d.model_handle == handle]:
             del self.datasets[stored.handle]
+        for circuit in [c for c in self.circuits.values() if c.model_handle == handle]:
+            del self.circuits[circuit.handle]
         if self.current == handle:
             self.current = None
         gc.collect()
@@ -375,8 +391,28 @@ class State:
                             f"make it again for this model")
         return entry
 
+    # --- circuits ------------------------------------------------------------------------------
+
+    def store_circuit(self, model_handle: str, found, prompt_set, metric) -> StoredCircuit:
+        with self._lock:
+            handle = f"k{next(self._circuit_ids)}"
+            path = found.circuit.save(self.plots.root / "circuits" / f"{handle}-{found.circuit.n_edges}edges.json")
+            entry = StoredCircuit(handle, model_handle, found, prompt_set, metric, path)
+            self.circuits[handle] = entry
+        return entry
+
+    def circuit(self, handle: str, model_handle: str) -> StoredCircuit:
+        with self._lock:
+            entry = self.circuits.get(handle)
+        if entry is None:
+            raise ToolError(f"no circuit {handle!r}; stored: {list(self.circuits) or 'none'}. Run find_circuit first.")
+        if entry.model_handle != model_handle:
+            raise ToolError(f"circuit {handle!r} was found on {entry.model_handle!r}, not {model_handle!r}")
+        return entry
+
     def close(self) -> None:
         with self._lock:
+            self.circuits.clear()
             self.caches.clear()
             self.vectors.clear()
             self.datasets.clear()

@@ -30,7 +30,8 @@ from mcp_server import Settings, create_server
 
 TOOLS = {"list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
          "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "dataset", "patch",
-         "attribution_patch", "path_patch", "ablate", "steer", "generate", "features"}
+         "attribution_patch", "path_patch", "ablate", "steer", "generate", "features", "find_circuit", "evaluate_circuit",
+         "investigate"}
 READ_ONLY = {"list_models", "model_info", "tokenize", "get_activation", "generate"}
 
 

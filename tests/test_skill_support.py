@@ -25,7 +25,8 @@ REFERENCES = ROOT / "references"
 TOOL_NAMES = frozenset({
     "list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
     "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "dataset", "patch",
-    "attribution_patch", "path_patch", "ablate", "steer", "generate", "features"})
+    "attribution_patch", "path_patch", "ablate", "steer", "generate", "features", "find_circuit", "evaluate_circuit",
+    "investigate"})
 
 
 def docs() -> list[Path]:

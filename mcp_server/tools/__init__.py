@@ -2,6 +2,7 @@
 
 from mcp_server.tools import (
     cache,
+    circuits,
     datasets,
     features,
     generation,
@@ -12,4 +13,4 @@ from mcp_server.tools import (
     steering,
 )
 
-MODULES = (models, cache, reading, heads, interventions, steering, generation, datasets, features)
+MODULES = (models, cache, reading, heads, interventions, steering, generation, datasets, features, circuits)
