@@ -160,7 +160,7 @@ class InvestigationResult(ToolResult):
 
 def investigate(
     ctx: Context,
-    task: Task = "ioi",
+    task: Task = None,
     n: Rows = 50,
     seed: Annotated[int, Field(ge=0)] = 0,
     clean: Texts = None,
@@ -172,14 +172,14 @@ def investigate(
 ) -> InvestigationResult:
     """One call for the standard battery on a prompt set: does the model do the task, logit lens, DLA by
     head, residual patching at named positions, head patching, and the EAP-IG circuit with its
-    faithfulness; writes a Markdown report with plots. Slow on real models (minutes)."""
+    faithfulness; writes a Markdown report with plots. task defaults to ioi. Slow on real models (minutes)."""
     import time
 
     from lens.investigation import investigate as run_battery
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
-        ps = _prompt_set(m, None if clean else task, n, seed, clean, corrupted, answer, baseline)
+        ps = _prompt_set(m, None if clean else task or "ioi", n, seed, clean, corrupted, answer, baseline)
         folder = state.plots.root / "investigations" / f"{ps.task or 'set'}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = run_battery(m, ps, metric, folder)
     claims = [c if len(c) <= 480 else c[:479] + "…" for c in report.facts["claims"]]
