@@ -11,9 +11,10 @@ from typing import Iterator
 import torch
 
 from lens.decompose import ResidualAnalyses
-from lens.errors import HookWouldNotFireError
-from lens.hooks import ON_REQUEST, resolve_key, unknown_hook
+from lens.errors import HookWouldNotFireError, ShapeMismatchError
+from lens.hooks import resolve_key, unknown_hook
 from lens.memory import keep_freed_memory, retaining
+from lens.slicing import Slice
 
 
 class ActivationCache(ResidualAnalyses):
@@ -58,17 +59,32 @@ class ActivationCache(ResidualAnalyses):
         return self.cache_dict.items()
 
     def to(self, device) -> "ActivationCache":
-        """A cache whose tensors live on `device`."""
-        return ActivationCache({k: v.to(device) for k, v in self.items()}, self.model, self.has_batch_dim)
+        """Move the tensors to `device`, in place (as TransformerLens); returns the cache."""
+        self.cache_dict = {k: v.to(device) for k, v in self.items()}
+        return self
 
     def remove_batch_dim(self) -> "ActivationCache":
-        """Drop the batch axis of a batch-of-one cache."""
+        """Drop the batch axis of a batch-of-one cache, in place (as TransformerLens); returns the cache."""
         if not self.has_batch_dim:
             return self
         sizes = {v.shape[0] for v in self.values()}
         if sizes != {1}:
-            raise ValueError(f"remove_batch_dim needs a batch of 1; this cache has batch sizes {sorted(sizes)}")
-        return ActivationCache({k: v[0] for k, v in self.items()}, self.model, has_batch_dim=False)
+            raise ShapeMismatchError(f"remove_batch_dim needs a batch of 1; this cache has batch sizes {sorted(sizes)}")
+        self.cache_dict = {k: v[0] for k, v in self.items()}
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice) -> "ActivationCache":
+        """A new cache of the batch rows batch_slice selects (a Slice input: an int drops the batch axis)."""
+        if not self.has_batch_dim:
+            raise ValueError("this cache has no batch axis (remove_batch_dim was applied)")
+        chosen = Slice(batch_slice)
+        return ActivationCache({k: chosen.apply(v, 0) for k, v in self.items()}, self.model,
+                               has_batch_dim=not chosen.drops_axis)
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """torch.set_grad_enabled(mode), globally, as TransformerLens's method (prefer torch.no_grad())."""
+        torch.set_grad_enabled(mode)
 
     @property
     def nbytes(self) -> int:
@@ -94,7 +110,7 @@ def cached_names(model, names_filter, start_at_layer=None, stop_at_layer=None) -
         names = model._hooks.select(names_filter)
     else:
         return model._hooks.select(names_filter)
-    return [n for n in names if n.rsplit(".", 1)[-1] not in ON_REQUEST]
+    return [n for n in names if model.cached_by_default(n.rsplit(".", 1)[-1])]
 
 
 def run_with_cache(model, input, *model_args, names_filter=None, device=None, remove_batch_dim=False,

@@ -49,6 +49,7 @@ def demo(model_name: str = DEFAULT_MODEL, prompt: str = DEMO_PROMPT, answer: str
          plots.plot_head_scores(heads, out_dir / "induction_heads.png")),
     ]
     sections += interventions(model, out_dir)
+    sections += features(model, out_dir)
     for text, path in sections:
         print(f"\n{text}\nplot: {path}" if path else f"\n{text}", file=out)
     return [path for _, path in sections if path]
@@ -78,7 +79,62 @@ def interventions(model, out_dir: Path) -> list[tuple[str, str | None]]:
     steered = steer(model, STEER_PROMPT, vector, layer=layer, coefficients=[-3.0, 0.0, 3.0], max_new_tokens=12,
                     tokens=[" wonderful", " awful"])
     sections.append((steered.summary(), None))
+    sections.append(ioi_circuit(model, out_dir))
     return sections
+
+
+def ioi_circuit(model, out_dir: Path, n: int = 16) -> tuple[str, str]:
+    """Automated circuit discovery on a generated IOI set: the smallest EAP-IG circuit with faithfulness 0.8."""
+    from lens.circuits import find_circuit
+    from lens.data import make_dataset
+    from lens.data.metrics import row_metric
+
+    ps = make_dataset(model, "ioi", n=n, seed=0)
+    found = find_circuit(model, ps, metric=row_metric(ps, "logit_diff"), method="eap-ig", faithfulness=0.8)
+    found.circuit.save(out_dir / "ioi_circuit.json")
+    return f"IOI circuit ({n} prompts):\n" + found.summary(8), found.plot(out_dir / "ioi_circuit.png")
+
+
+def investigate_command(args) -> None:
+    from lens import HookedTransformer, investigate
+    from lens.data import make_dataset
+
+    model = HookedTransformer.from_pretrained(args.model)
+    ps = make_dataset(model, args.task, n=args.n, seed=args.seed)
+    report = investigate(model, ps, args.metric, args.out)
+    print(report.summary())
+
+
+CITY_TEXTS = ["I flew from Paris to Tokyo, then on to Berlin and Madrid.",
+              "The museums of London and Rome are full in summer.",
+              "We drove through Vienna on the way to Prague and Budapest.",
+              "She wrote the function in Python and tested it on Monday.",
+              "The recipe needs two eggs, flour and a cup of milk."]
+CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest"]
+
+
+def features(model, out_dir: Path) -> list[tuple[str, str | None]]:
+    """A dictionary on the model (lens.sae): its quality numbers, the features of a sentence, the
+    feature most selective for city names and its top contexts over held-out text, and steering with it."""
+    from lens.sae import train
+    from lens.sae.quality import quality
+    from lens.sae.reading import max_activating, selective_features, top_features
+    from lens.sae.steering import steer_feature
+
+    recipe = train.Recipe() if train.is_cached(model) else train.QUICK  # QUICK trains in seconds
+    sae = train.default_dictionary(model, recipe, verbose=False)
+    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:3]
+    checked = quality(model, sae, heldout)
+    top = top_features(model, sae, CITY_TEXTS[0], k=3)
+    city = selective_features(model, sae, CITY_TEXTS, CITIES, k=1)[0]
+    contexts = max_activating(model, sae, heldout + CITY_TEXTS, city.feature, k=6, window=(6, 2))
+    steered = steer_feature(model, sae, "Last year we went on holiday to", city.feature,
+                            coefficients=[0.0, 2 * max(c.activation for c in contexts.contexts)], max_new_tokens=8)
+    name = "the default" if recipe == train.Recipe() else "a quick (not yet cached)"
+    return [(f"dictionary: {name} {sae!r}\n{checked.summary()}", None),
+            (top.summary(), top.plot(out_dir / "features.png")),
+            (f"feature #{city.feature} is the most selective for city names (mean {city.on_targets:.2f} on them, "
+             f"{city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n{steered.summary()}", None)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,11 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--answer", default=DEMO_ANSWER, help="the expected next token (one token)")
     run.add_argument("--out", default="lens-demo", help="folder for the plots (default ./lens-demo)")
     sub.add_parser("models", help="list the registry aliases")
+    inv = sub.add_parser("investigate", help="the standard battery on a generated prompt set → a Markdown report")
+    inv.add_argument("--model", default=DEFAULT_MODEL)
+    inv.add_argument("--task", default="ioi", choices=["ioi", "factual", "induction", "greater_than", "agreement"])
+    inv.add_argument("--n", type=int, default=50, help="prompts in the set (default 50)")
+    inv.add_argument("--seed", type=int, default=0)
+    inv.add_argument("--metric", default="logit_diff", choices=["logit_diff", "logit", "prob", "logprob"])
+    inv.add_argument("--out", default="lens-investigation", help="folder for report.md and its plots")
     args = parser.parse_args(argv)
     if args.command == "models":
         from lens import list_models
         for m in list_models():
             print(f"{m['alias']:14s} {m['hub_id']:40s} installed={m['installed']}  {m['description']}")
+        return
+    if args.command == "investigate":
+        investigate_command(args)
         return
     if args.command is None:  # `python -m lens` alone runs the demo
         args = parser.parse_args(["demo"])

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lens.compat.names import TransformerLensNames
+
 NormKind = Literal["layernorm", "rmsnorm"]
 PositionKind = Literal["learned", "rotary"]
 RotaryStyle = Literal["half", "adjacent"]  # HF rotate_half (NeoX/Llama) vs GPT-J pairs
@@ -38,7 +40,7 @@ class RotaryConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(TransformerLensNames):
     n_layers: int
     d_model: int
     n_heads: int
@@ -47,6 +49,8 @@ class ModelConfig:
     d_vocab: int
     n_ctx: int
     n_kv_heads: int | None = None  # None = n_heads (no grouped-query attention)
+    d_vocab_out: int | None = None  # logits; None = d_vocab (differs only in toy models of algorithmic tasks)
+    attn_only: bool = False  # blocks without an MLP (TransformerLens's attention-only toy models)
     model_type: str = "custom"  # the HF model_type it came from, for summaries only
     act_fn: ActFn = "gelu_new"
     gated_mlp: bool = False
@@ -83,6 +87,10 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.d_vocab_out is None:
+            object.__setattr__(self, "d_vocab_out", self.d_vocab)
+        if self.tied_embeddings and self.d_vocab_out != self.d_vocab:
+            raise ValueError(f"tied embeddings need d_vocab_out == d_vocab, not {self.d_vocab_out} != {self.d_vocab}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.n_experts and not (self.gated_mlp and 0 < self.experts_per_token <= self.n_experts):
@@ -111,7 +119,7 @@ class ModelConfig:
         """Parameters of the transformer blocks and embeddings (what the summary reports)."""
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2) * max(1, self.n_experts)
-        embed = self.d_vocab * self.d_model * (1 if self.tied_embeddings else 2)
+        embed = self.d_model * (self.d_vocab + (0 if self.tied_embeddings else self.d_vocab_out))
         pos = self.n_ctx * self.d_model if self.positions == "learned" else 0
         return self.n_layers * (attn + mlp) + embed + pos
 
@@ -127,3 +135,6 @@ class ModelConfig:
         if data.get("sliding_windows") is not None:
             data["sliding_windows"] = tuple(data["sliding_windows"])
         return cls(**data)
+
+# TransformerLens names it so (`from transformer_lens.config import HookedTransformerConfig`); it maps to ModelConfig.
+from lens.compat.config import HookedTransformerConfig as HookedTransformerConfig  # noqa: E402

@@ -10,22 +10,18 @@ weight w is applied here (TransformerLens assumes it was folded into the next ma
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
-PosSlice = int | slice | Sequence[int] | torch.Tensor | None
+from lens.slicing import Slice, SliceInput
+
+PosSlice = Slice | SliceInput
 
 
 def pos_select(x: torch.Tensor, pos_slice: PosSlice, dim: int = -2) -> torch.Tensor:
-    """x restricted to pos_slice along its pos axis `dim`; an int keeps the axis (length 1)."""
-    if pos_slice is None:
-        return x
-    if isinstance(pos_slice, int):
-        pos_slice = slice(pos_slice, pos_slice + 1 or None)
-    elif not isinstance(pos_slice, slice):
-        pos_slice = torch.as_tensor(pos_slice)
-    return x[(slice(None),) * (x.dim() + dim) + (pos_slice,)]
+    """x restricted to pos_slice along its pos axis `dim`, as TransformerLens's Slice: an int drops the axis."""
+    return Slice(pos_slice).apply(x, dim)
 
 
 class ResidualAnalyses:
@@ -41,34 +37,48 @@ class ResidualAnalyses:
     @property
     def _mlp_reads_mid(self) -> bool:
         """Whether an MLP reads resid_mid (sequential blocks) rather than resid_pre (parallel)."""
-        return not self.model.cfg.parallel_attn_mlp
+        return not (self.model.cfg.parallel_attn_mlp or self.model.cfg.attn_only)
 
-    def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice) -> torch.Tensor:
+    def _frozen_norm(self, x: torch.Tensor, norm: str, layer: int | None, pos_slice: PosSlice,
+                     batch_slice=None) -> torch.Tensor:
         """The linear part of a norm with its cached scale: (x - mean) / scale * w."""
         cfg, w = self.model.cfg, self.model.weights
         if layer is None:
             scale, weight = self["ln_final.hook_scale"], w.ln_final_w
         else:
             scale, weight = self[f"blocks.{layer}.{norm}.hook_scale"], getattr(w, f"{norm}_w")[layer]
+        if batch_slice is not None and self.has_batch_dim:
+            scale = Slice(batch_slice).apply(scale, 0)
         if cfg.norm == "layernorm":
             x = x - x.mean(-1, keepdim=True)
         return (x / pos_select(scale, pos_slice) * (weight.float() + cfg.norm_weight_offset)).to(x.dtype)
 
     def apply_ln_to_stack(self, residual_stack: torch.Tensor, layer: int | None = None, mlp_input: bool = False,
-                          pos_slice: PosSlice = None) -> torch.Tensor:
+                          pos_slice: PosSlice = None, batch_slice=None, has_batch_dim: bool = True,
+                          recompute_ln: bool = False) -> torch.Tensor:
         """Each term of a stack as the norm reading it sees it, with the norm's cached scale:
-        ln_final for layer None / n_layers, else ln1 of `layer` (ln2 with mlp_input)."""
+        ln_final for layer None / n_layers, else ln1 of `layer` (ln2 with mlp_input). The norm's weight
+        is applied (TransformerLens leaves it to a folded W_U; with fold_ln it is 1, so both agree).
+        recompute_ln (final norm only): run the final norm on each term with its own statistics, weight
+        and bias included, as TransformerLens's logit lens does. batch_slice: the batch rows the stack
+        holds (has_batch_dim=False: it has no batch axis)."""
         layer = self._layer(layer)
+        if batch_slice is not None and has_batch_dim:
+            residual_stack = Slice(batch_slice).apply(residual_stack, 1)
+        if recompute_ln and layer == self.model.cfg.n_layers:
+            return torch.stack([self.model.ln_final(term) for term in residual_stack])
         if layer == self.model.cfg.n_layers:
-            return self._frozen_norm(residual_stack, "ln_final", None, pos_slice)
+            return self._frozen_norm(residual_stack, "ln_final", None, pos_slice, batch_slice)
         if not self.model.cfg.pre_norms:  # the layer reads the residual without a norm
             return residual_stack
         mlp_norm = self.model.blocks[layer].mlp_norm
-        return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice)
+        return self._frozen_norm(residual_stack, mlp_norm if mlp_input else "ln1", layer, pos_slice, batch_slice)
 
-    def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels):
+    def _finish(self, stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels, project=None):
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, mlp_input, pos_slice)
+        if project is not None:  # [d_model] → one number per term, [d_model, k] → k numbers
+            stack = stack @ project.to(stack.dtype)
         return (stack, labels) if return_labels else stack
 
     # --- the residual stream at each point, and what wrote it ---------------------------
@@ -76,7 +86,9 @@ class ResidualAnalyses:
     def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
                           pos_slice: PosSlice = None, mlp_input: bool = False, return_labels: bool = False):
         """[n_points, batch, pos, d_model]: resid_pre of layers 0..layer (resid_mid too with
-        incl_mid); layer None ends with the final resid_post. Labels '0_pre', '0_mid', ..., 'final_post'."""
+        incl_mid); layer None ends with the final resid_post. Labels '0_pre', '0_mid', ..., 'final_post'.
+        apply_ln up to the unembedding (layer None) runs the final norm on each point with its own
+        statistics (the logit lens, as TransformerLens 3.x); up to a layer, that layer's cached scale."""
         layer, n = self._layer(layer), self.model.cfg.n_layers
         stack, labels = [], []
         for i in range(min(layer + 1, n)):
@@ -89,6 +101,9 @@ class ResidualAnalyses:
             stack.append(self["resid_post", n - 1])
             labels.append("final_post")
         stack = pos_select(torch.stack(stack), pos_slice)
+        if apply_ln and layer == n:
+            stack = self.apply_ln_to_stack(stack, layer, recompute_ln=True)
+            return (stack, labels) if return_labels else stack
         return self._finish(stack, labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
 
     def decompose_resid(self, layer: int | None = None, mlp_input: bool = False,
@@ -109,7 +124,7 @@ class ResidualAnalyses:
             if mode != "mlp":
                 stack.append(self["attn_out", i])
                 labels.append(f"{i}_attn_out")
-            if mode != "attn" and i < layer:
+            if mode != "attn" and i < layer and not self.model.cfg.attn_only:
                 stack.append(self["mlp_out", i])
                 labels.append(f"{i}_mlp_out")
         stack = pos_select(torch.stack(stack), pos_slice)
@@ -117,8 +132,8 @@ class ResidualAnalyses:
 
     def _heads(self, i: int, pos_slice: PosSlice) -> torch.Tensor:
         """[n_heads, batch, pos, d_model]: layer i's heads' writes to the residual (no bias)."""
-        z = pos_select(self["z", i], pos_slice, dim=-3)  # [batch, pos, head, d_head]
-        result = torch.einsum("...phe,hed->h...pd", z, self.model.W_O[i])
+        z = pos_select(self["z", i], pos_slice, dim=-3)  # [batch, (pos,) head, d_head]
+        result = torch.einsum("...he,hed->h...d", z, self.model.W_O[i])
         return self._frozen_norm(result, "ln1_post", i, pos_slice) if self.model.cfg.post_norms else result
 
     def _neurons(self, i: int, pos_slice: PosSlice, neurons: torch.Tensor) -> torch.Tensor:
@@ -127,7 +142,7 @@ class ResidualAnalyses:
             raise ValueError("mixture-of-experts layers have no per-neuron decomposition (expert neurons are "
                              "not hook points); use expand_neurons=False or a decomposition by head/layer")
         post = pos_select(self["post", i], pos_slice)[..., neurons]
-        result = torch.einsum("...pn,nd->n...pd", post, self.model.W_out[i][neurons])
+        result = torch.einsum("...n,nd->n...d", post, self.model.W_out[i][neurons])
         return self._frozen_norm(result, "ln2_post", i, pos_slice) if self.model.cfg.post_norms else result
 
     def _bias(self, name: str, i: int, pos_slice: PosSlice) -> torch.Tensor:
@@ -157,21 +172,25 @@ class ResidualAnalyses:
 
     def stack_neuron_results(self, layer: int | None = None, pos_slice: PosSlice = None,
                              neuron_slice: PosSlice = None, return_labels: bool = False,
-                             incl_remainder: bool = False, apply_ln: bool = False):
+                             incl_remainder: bool = False, apply_ln: bool = False,
+                             project_output_onto: torch.Tensor | None = None):
         """[layer * n_neurons, batch, pos, d_model]: each MLP neuron's write (post[n] * W_out[n]).
-        Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice."""
+        Labels 'L{l}N{n}'. This is large: restrict it with neuron_slice and pos_slice, or project each
+        write onto project_output_onto ([d_model] → a number each, [d_model, k] → k)."""
         layer = self._layer(layer)
         neurons = torch.arange(self.model.cfg.d_mlp)
-        neurons = neurons if neuron_slice is None else neurons[neuron_slice].reshape(-1)
-        stack = torch.cat([self._neurons(i, pos_slice, neurons) for i in range(layer)])
+        neurons = Slice(neuron_slice).apply(neurons).reshape(-1)
+        empty = pos_select(self["resid_pre", 0], pos_slice)[None][:0]
+        stack = torch.cat([empty] + [self._neurons(i, pos_slice, neurons) for i in range(layer)])
         labels = [f"L{i}N{int(n)}" for i in range(layer) for n in neurons]
         if incl_remainder:
             stack, labels = self._remainder(stack, layer, pos_slice), labels + ["remainder"]
-        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels)
+        return self._finish(stack, labels, layer, False, apply_ln, pos_slice, return_labels, project_output_onto)
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False,
-                                     pos_slice: PosSlice = None, return_labels: bool = False):
+                                     pos_slice: PosSlice = None, return_labels: bool = False,
+                                     project_output_onto: torch.Tensor | None = None):
         """Every head, every neuron (or each mlp_out with expand_neurons=False), the embeddings and
         one 'bias' term (all b_O and b_out): [n_components, batch, pos, d_model], summing exactly
         to the residual stream entering `layer` (its MLP with mlp_input)."""
@@ -181,7 +200,7 @@ class ResidualAnalyses:
         for i in range(n_attn):
             parts.append(self._heads(i, pos_slice))
             labels += [f"L{i}H{h}" for h in range(cfg.n_heads)]
-        for i in range(layer):
+        for i in range(0 if cfg.attn_only else layer):
             if expand_neurons:
                 parts.append(self._neurons(i, pos_slice, torch.arange(cfg.d_mlp)))
                 labels += [f"L{i}N{n}" for n in range(cfg.d_mlp)]
@@ -193,14 +212,15 @@ class ResidualAnalyses:
         labels += embed_labels
         bias = sum((self._bias("b_O", i, pos_slice) for i in range(n_attn)),
                    torch.zeros_like(embeds[:1]))
-        if expand_neurons:
+        if expand_neurons and not cfg.attn_only:
             bias = bias + sum((self._bias("b_out", i, pos_slice) for i in range(layer)), torch.zeros_like(bias))
         parts.append(bias)
         labels.append("bias")
-        return self._finish(torch.cat(parts), labels, layer, mlp_input, apply_ln, pos_slice, return_labels)
+        return self._finish(torch.cat(parts), labels, layer, mlp_input, apply_ln, pos_slice, return_labels,
+                            project_output_onto)
 
     def logit_attrs(self, residual_stack: torch.Tensor, tokens, incorrect_tokens=None,
-                    pos_slice: PosSlice = None) -> torch.Tensor:
+                    pos_slice: PosSlice = None, batch_slice=None, has_batch_dim: bool = True) -> torch.Tensor:
         """Each term's direct contribution to logit(tokens) (minus logit(incorrect_tokens)):
         the stack through the final norm with its cached scale, dotted with the unembedding
         directions. [component, batch, pos]. tokens: a string, an id, or ids [batch].
@@ -208,10 +228,44 @@ class ResidualAnalyses:
         directions = self._unembed_directions(tokens)
         if incorrect_tokens is not None:
             directions = directions - self._unembed_directions(incorrect_tokens)
-        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice)
-        if directions.dim() == 2:  # one direction per batch row
+        scaled = self.apply_ln_to_stack(residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice,
+                                        has_batch_dim=has_batch_dim)
+        if directions.dim() == 2 and scaled.dim() == 4:  # one direction per batch row, the pos axis kept
             directions = directions[:, None, :]
         return (scaled * directions).sum(-1)
+
+    # --- TransformerLens's smaller helpers --------------------------------------------------
+
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
+                         ) -> torch.Tensor:
+        """[layer, ...]: the activation `activation_name` of each layer before `layer` (-1/None: all)."""
+        layer = self._layer(None if layer == -1 else layer)
+        return torch.stack([self[(activation_name, i, sublayer_type)] for i in range(layer)])
+
+    def get_neuron_results(self, layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None,
+                           project_output_onto: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, pos, n_neurons, d_model]: each neuron's write post[n] * W_out[n] (no bias); with
+        project_output_onto [d_model] (or [d_model, k]) its projection, W_out contracted first."""
+        post = pos_select(self["post", layer], pos_slice)  # [batch, (pos,) d_mlp]
+        post = Slice(neuron_slice).apply(post, -1)
+        W_out = Slice(neuron_slice).apply(self.model.blocks[layer].mlp.W_out, 0)  # [n_neurons, d_model]
+        if project_output_onto is None:
+            return post[..., None] * W_out
+        projected = W_out @ project_output_onto
+        return post * projected if projected.dim() == 1 else post[..., None] * projected
+
+    def compute_head_results(self) -> None:
+        """Add each layer's hook_result [batch, pos, n_heads, d_model] (z @ W_O per head) to the cache
+        (once: a cache that has them keeps them)."""
+        if "blocks.0.attn.hook_result" in self.cache_dict:
+            return
+        for i in range(self.model.cfg.n_layers):
+            self.cache_dict[f"blocks.{i}.attn.hook_result"] = torch.einsum(
+                "...phe,hed->...phd", self["z", i], self.model.W_O[i])
+
+    def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
+        """W_U[:, token]: [d_model] for one token (a string or an id), [..., d_model] for ids."""
+        return self.model.tokens_to_residual_directions(tokens)
 
     def _unembed_directions(self, tokens) -> torch.Tensor:
         model = self.model

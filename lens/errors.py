@@ -44,6 +44,16 @@ class InsufficientMemoryError(LensError, MemoryError):
     """A model whose weights would not fit in the memory of the chosen device."""
 
 
+class ShapeMismatchError(ValueError, AssertionError):
+    """Operands whose shapes do not fit (a FactoredMatrix product, a non-square BA). A ValueError, and an
+    AssertionError too because TransformerLens asserts on the same mistakes, so code catching either works."""
+
+
+class InvalidArgumentError(ValueError, AssertionError):
+    """A bad argument to one of TransformerLens's names (lens/compat): a ValueError, and an AssertionError
+    because TransformerLens asserts there."""
+
+
 class Cancelled(LensError):
     """The caller asked the work under way to stop (lens.guard)."""
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from lens.errors import ShapeMismatchError
+
 if TYPE_CHECKING:
     from lens.model.transformer import HookedTransformer
 
@@ -31,7 +33,7 @@ class FactoredMatrix:
 
     def __init__(self, A: Tensor, B: Tensor):
         if A.ndim < 2 or B.ndim < 2 or A.shape[-1] != B.shape[-2]:
-            raise ValueError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; got A "
+            raise ShapeMismatchError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; got A "
                              f"{tuple(A.shape)}, B {tuple(B.shape)}")
         leading = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         self.A = A.broadcast_to(leading + A.shape[-2:])  # [..., ldim, mdim], a view
@@ -43,6 +45,7 @@ class FactoredMatrix:
     shape = property(lambda self: self.A.shape[:-2] + (self.ldim, self.rdim), doc="[..., ldim, rdim]")
     ndim = property(lambda self: len(self.shape))
     pair = property(lambda self: (self.A, self.B))
+    has_leading_dims = property(lambda self: self.A.ndim > 2, doc="whether it is a stack of matrices")
 
     @property
     def AB(self) -> Tensor:
@@ -53,7 +56,7 @@ class FactoredMatrix:
     def BA(self) -> Tensor:
         """The reverse product [..., mdim, mdim]; defined only for a square A @ B."""
         if self.ldim != self.rdim:
-            raise ValueError(f"B @ A needs a square A @ B (ldim == rdim); this one is {tuple(self.shape)}")
+            raise ShapeMismatchError(f"B @ A needs a square A @ B (ldim == rdim); this one is {tuple(self.shape)}")
         return self.B @ self.A
 
     @property
@@ -66,9 +69,11 @@ class FactoredMatrix:
         if isinstance(other, FactoredMatrix):
             return (self @ other.A) @ other.B
         if other.ndim == 1:  # a vector: the result is a vector, nothing is left to factor
-            return (self.A @ (self.B @ other[:, None]))[..., 0]
+            if other.shape[-1] != self.rdim:
+                raise ShapeMismatchError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
+            return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.shape[-2] != self.rdim:
-            raise ValueError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
+            raise ShapeMismatchError(f"cannot multiply a FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
         # The inner dimension stays min(mdim, rdim): fold `other` into B, or B into A when B is not wider.
         if self.rdim > self.mdim:
             return FactoredMatrix(self.A, self.B @ other)
@@ -76,14 +81,19 @@ class FactoredMatrix:
 
     def __rmatmul__(self, other: Tensor) -> FactoredMatrix | Tensor:
         if other.ndim == 1:
-            return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
+            if other.shape[-1] != self.ldim:
+                raise ShapeMismatchError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
+            return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
         if other.shape[-1] != self.ldim:
-            raise ValueError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
+            raise ShapeMismatchError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix {tuple(self.shape)}")
         if self.ldim > self.mdim:
             return FactoredMatrix(other @ self.A, self.B)
         return FactoredMatrix(other, self.AB)
 
-    def __mul__(self, scalar: float) -> FactoredMatrix:
+    def __mul__(self, scalar: float | Tensor) -> FactoredMatrix:
+        if isinstance(scalar, Tensor) and scalar.numel() != 1:
+            raise ShapeMismatchError(f"a FactoredMatrix multiplies by a scalar only, not a tensor of shape "
+                             f"{tuple(scalar.shape)}; for a matrix product use @")
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
@@ -107,6 +117,7 @@ class FactoredMatrix:
     U = property(lambda self: self._svd[0], doc="[..., ldim, k] left singular vectors")
     S = property(lambda self: self._svd[1], doc="[..., k] singular values, descending")
     Vh = property(lambda self: self._svd[2], doc="[..., rdim, k] right singular vectors (columns)")
+    V = Vh  # TransformerLens's name for the same [..., rdim, k]
 
     @cached_property
     def eigenvalues(self) -> Tensor:
@@ -136,8 +147,8 @@ class FactoredMatrix:
 
     def __getitem__(self, idx) -> FactoredMatrix:
         """Index the leading dims first (`model.OV[3, 5]`: layer 3, head 5; `model.OV[3]`: layer 3), then,
-        given more indices, the rows and the columns with slices or index lists (an int there would
-        leave a vector, not a matrix)."""
+        given more indices, the rows and the columns with slices or index lists; an int there keeps
+        that row or column as a dimension of length 1 (as TransformerLens), so the result stays a matrix."""
         idx = idx if isinstance(idx, tuple) else (idx,)
         if any(i is None or i is Ellipsis for i in idx):
             raise IndexError("FactoredMatrix indexing takes no None or ..., only one index per dimension")
@@ -145,8 +156,7 @@ class FactoredMatrix:
             raise IndexError(f"{len(idx)} indices for a FactoredMatrix of {self.ndim} dimensions")
         n_leading = self.ndim - 2
         leading, matrix = idx[:n_leading], idx[n_leading:]
-        if any(isinstance(i, int) for i in matrix):
-            raise IndexError("index the rows and columns of a FactoredMatrix with slices or lists, not ints")
+        matrix = tuple(slice(i, i + 1 or None) if isinstance(i, int) else i for i in matrix)
         A, B = self.A[leading], self.B[leading]
         if len(matrix) >= 1:
             A = A[..., matrix[0], :]

@@ -28,24 +28,51 @@ Direction = Literal["fwd", "bwd"]
 ON_REQUEST = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
 
 
+class HookState:
+    """`point.has_hooks`: truthy when any hook is attached (lens's use), and callable as TransformerLens's
+    `has_hooks(dir="both", including_permanent=True, level=None)`."""
+
+    __slots__ = ("point",)
+
+    def __init__(self, point: HookPoint):
+        self.point = point
+
+    def __bool__(self) -> bool:  # anything (a hook or a spliced dictionary) reads the point: compute it
+        return bool(self.point.fwd_fns or self.point.bwd_fns or self.point.splice)
+
+    def __call__(self, dir: Direction | Literal["both"] = "both", including_permanent: bool = True,
+                 level: int | None = None) -> bool:
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', not {dir!r}")
+        return any(dir in ("both", h.direction) and (including_permanent or not h.permanent)
+                   and (level is None or h.level == level) for h in self.point.handles)
+
+
 class HookPoint(nn.Module):
     def __init__(self):
         super().__init__()
         self.name: str = ""
         self.fwd_fns: list[HookFn] = []
         self.bwd_fns: list[HookFn] = []
+        self.handles: list[HookHandle] = []  # one per attached fn, in fwd_fns / bwd_fns
         self.ctx = None  # the ForwardContext of the forward running this hook (positions, KV-cache offset)
+        # A spliced dictionary (lens/sae/splice.py): a plain function, so its module stays out of the
+        # model's parameters. It runs before the hooks, which see what it returns.
+        self.splice: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def layer(self) -> int | None:
         match = re.match(r"blocks\.(\d+)\.", self.name)
         return int(match.group(1)) if match else None
 
-    @property
-    def has_hooks(self) -> bool:
-        return bool(self.fwd_fns or self.bwd_fns)
+    has_hooks = property(HookState, doc="truthy when a hook is attached; has_hooks(dir, ...) as TransformerLens")
+    fwd_hooks = property(lambda self: [h for h in self.handles if h.direction == "fwd"])
+    bwd_hooks = property(lambda self: [h for h in self.handles if h.direction == "bwd"])
 
-    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is one branch.
+
+    # Overriding __call__ skips nn.Module's dispatch: an unhooked point is two attribute checks.
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.splice is not None:
+            x = self.splice(x)
         if not (self.fwd_fns or self.bwd_fns):
             return x
         for fn in self.fwd_fns:
@@ -62,24 +89,53 @@ class HookPoint(nn.Module):
     def _run_bwd(self, grad: torch.Tensor, fns) -> torch.Tensor:
         for fn in fns:
             out = fn(grad, self)
+            if isinstance(out, tuple):  # TransformerLens's backward hooks may return (grad,)
+                out = out[0]
             if out is not None:
                 grad = out
         return grad
+
+    def add_hook(self, hook: HookFn, dir: Direction = "fwd", is_permanent: bool = False, level: int | None = None,
+                 prepend: bool = False) -> HookHandle:
+        """Attach `hook(activation, hook_point)`; prepend runs it before the others. As TransformerLens's."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"hook direction must be 'fwd' or 'bwd', not {dir!r}")
+        fns = self.fwd_fns if dir == "fwd" else self.bwd_fns
+        fns.insert(0, hook) if prepend else fns.append(hook)
+        handle = HookHandle(self, hook, dir, is_permanent, level)
+        self.handles.append(handle)
+        return handle
+
+    def remove_hooks(self, dir: Direction | Literal["both"] = "fwd", including_permanent: bool = False,
+                     level: int | None = None) -> None:
+        """Remove the hooks in direction `dir` ('fwd', 'bwd' or 'both'), the permanent ones too if asked
+        (and only those added at `level`, when given)."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"dir must be 'fwd', 'bwd' or 'both', not {dir!r}")
+        for handle in list(self.handles):
+            if (dir in ("both", handle.direction) and (including_permanent or not handle.permanent)
+                    and (level is None or handle.level == level)):
+                handle.remove()
 
     def extra_repr(self) -> str:
         return self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HookHandle:
     point: HookPoint
     fn: HookFn
     direction: Direction
     permanent: bool
+    level: int | None = None
+
+    is_permanent = property(lambda self: self.permanent)  # TransformerLens's names
+    context_level = property(lambda self: self.level)
 
     def remove(self) -> None:
         fns = self.point.fwd_fns if self.direction == "fwd" else self.point.bwd_fns
-        if self.fn in fns:
+        if self in self.point.handles:
+            self.point.handles.remove(self)
             fns.remove(self.fn)
 
 
@@ -102,6 +158,9 @@ def act_name(name: str, layer: int | None = None, layer_type: str | None = None)
     """
     if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
+    compact = re.fullmatch(r"([a-z]+)(\d+)([a-z]*\d*)", name) if layer is None else None
+    if compact:  # TransformerLens's compact keys: "k6a" = ("k", 6, "a"), "scale1ln1" = ("scale", 1, "ln1")
+        name, layer, layer_type = compact.group(1), int(compact.group(2)), compact.group(3) or None
     name = _ALIASES.get(name, name)
     if layer_type is not None:
         layer_type = _LAYER_TYPES.get(layer_type, layer_type)
@@ -173,12 +232,8 @@ class HookRegistry:
             permanent: bool = False, prepend: bool = False) -> list[HookHandle]:
         if direction not in ("fwd", "bwd"):
             raise ValueError(f"hook direction must be 'fwd' or 'bwd', not {direction!r}")
-        added = []
-        for name in self.select(name_or_filter):
-            point = self.points[name]
-            fns = point.fwd_fns if direction == "fwd" else point.bwd_fns
-            fns.insert(0, fn) if prepend else fns.append(fn)
-            added.append(HookHandle(point, fn, direction, permanent))
+        added = [self.points[name].add_hook(fn, direction, permanent, prepend=prepend)
+                 for name in self.select(name_or_filter)]
         self.handles.extend(added)
         return added
 
@@ -188,11 +243,16 @@ class HookRegistry:
             if handle in self.handles:
                 self.handles.remove(handle)
 
-    def reset(self, including_permanent: bool = False) -> None:
-        self.remove([h for h in list(self.handles) if including_permanent or not h.permanent])
+    def reset(self, including_permanent: bool = False, direction: Direction | None = None) -> None:
+        self.remove([h for h in list(self.handles) if (including_permanent or not h.permanent)
+                     and direction in (None, h.direction)])
+        for point in self.points.values():  # hooks added on a point itself (HookPoint.add_hook)
+            if point.handles:
+                point.remove_hooks(direction or "both", including_permanent)
 
     def hooked(self) -> list[str]:
-        return [name for name, point in self.points.items() if point.has_hooks]
+        """The points with hooks attached (spliced dictionaries are part of the model, not hooks)."""
+        return [name for name, point in self.points.items() if point.fwd_fns or point.bwd_fns]
 
     @contextmanager
     def attached(self, fwd_hooks=(), bwd_hooks=()):

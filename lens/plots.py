@@ -89,14 +89,14 @@ def plot_logit_lens(result, path) -> str:
     targets = [t.token for t in result.layers[0].targets]
     for i, token in enumerate(targets):
         ax_p.plot([r.targets[i].prob for r in result.layers], marker="o", label=repr(token))
-        ax_r.plot([r.targets[i].rank + 1 for r in result.layers], marker="o", label=repr(token))
+        ax_r.plot([r.targets[i].rank for r in result.layers], marker="o", label=repr(token))
     ax_p.plot([r.top[0][1] for r in result.layers], color="grey", linestyle="--", label="top token (any)")
     ax_p.set_ylabel("probability")
     ax_p.set_ylim(0, 1.1)
     ax_p.legend(fontsize=8)
-    ax_r.set_yscale("log")
+    ax_r.set_yscale("symlog", linthresh=1)  # log-like, and rank 0 (the top token, as the JSON counts) drawable
     ax_r.invert_yaxis()
-    ax_r.set_ylabel("rank (1 = top)")
+    ax_r.set_ylabel("rank (0 = top)")
     ax_r.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
     ax_r.set_xlabel("residual stream after layer")
     ax_p.set_title(_short(f"logit lens at {result.str_tokens[result.position]!r} of {result.prompt!r}"), fontsize=11)
@@ -110,7 +110,7 @@ def plot_attention(result, path) -> str:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows), layout="constrained", squeeze=False)
     tokens = [repr(t)[1:-1][:12] for t in result.str_tokens]
-    for ax, head in zip(axes.flat, result.heads, strict=False):  # the grid may have spare axes
+    for ax, head in zip(list(axes.flat)[:n], result.heads, strict=True):
         image = ax.imshow(np.asarray(head.pattern), cmap="Blues", vmin=0, vmax=1)
         ax.set_title(f"L{head.layer}H{head.head}", fontsize=10)
         ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)

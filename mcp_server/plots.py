@@ -21,10 +21,8 @@ from pydantic import Field
 from mcp_server.schemas import Plot
 
 URI_PREFIX = "lens://plots/"
-PlotPath = Annotated[str | None, Field(
-    max_length=300, description="file name (or path) for the plot inside the server's output folder; "
-                                "default: a unique name. '.png' is added when missing.")]
-DrawPlot = Annotated[bool, Field(description="draw the plot (False is faster when only the numbers are needed)")]
+PlotPath = Annotated[str | None, Field(max_length=300)]  # a PNG name inside the output folder
+DrawPlot = bool  # False skips drawing (faster when only the numbers are needed)
 
 _drawing = threading.Lock()
 
@@ -37,15 +35,20 @@ class PlotFolder:
         if requested is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             return self.root / f"{kind}-{stamp}-{uuid.uuid4().hex[:8]}.png"
+        return self.inside(requested, "plot_path", suffix=".png")
+
+    def inside(self, requested: str, argument: str, suffix: str | None = None) -> Path:
+        """A file name or path the agent gave, resolved inside the folder (symlinks followed); anything
+        that resolves outside it is refused. suffix: added when the name lacks it."""
         if "\x00" in requested or not requested.strip():
-            raise ToolError(f"plot_path {requested!r} is not a usable file name")
+            raise ToolError(f"{argument} {requested!r} is not a usable file name")
         path = Path(requested).expanduser()
         path = (path if path.is_absolute() else self.root / path).resolve()
-        if path.suffix.lower() != ".png":
-            path = path.with_name(path.name + ".png")
+        if suffix is not None and path.suffix.lower() != suffix:
+            path = path.with_name(path.name + suffix)
         if not path.is_relative_to(self.root) or path == self.root:
-            raise ToolError(f"plot_path {requested!r} resolves to {path}, outside the output folder {self.root}; "
-                            f"give a file name or a path inside that folder (or leave it out for a unique name)")
+            raise ToolError(f"{argument} {requested!r} resolves to {path}, outside the output folder {self.root}; "
+                            f"give a file name or a path inside that folder")
         return path
 
     def target(self, enabled: bool, kind: str, requested: str | None) -> Path | None:

@@ -24,20 +24,16 @@ Num = Annotated[float | None, PlainSerializer(_round, return_type=float | None)]
 
 # --- arguments ------------------------------------------------------------------------------
 
-ModelRef = Annotated[str | None, Field(
-    max_length=1000, description="a model handle from load_model, or an alias to load; default: the model "
-                                 "load_model returned last (the default model on first use)")]
-Prompt = Annotated[str, Field(min_length=1, max_length=50_000, description="the prompt text")]
-Token = Annotated[str, Field(min_length=1, max_length=200, description=(
-    "a single token as text, usually with its leading space (' Paris'); check with tokenize"))]
-TopK = Annotated[int, Field(ge=1, le=200, description="how many top entries to return")]
-Detail = Annotated[bool, Field(description="return every token / entry instead of a window (larger answer)")]
-Position = Annotated[int, Field(ge=-100_000, le=100_000, description="token position; negative counts from the end "
-                                                                      "(-1 = the last token)")]
-Positions = Annotated[list[Annotated[int, Field(ge=-100_000, le=100_000)]] | None, Field(
-    min_length=1, max_length=4096, description="token positions (negative from the end); default: all")]
-Layers = Annotated[list[Annotated[int, Field(ge=-1000, le=1000)]] | None, Field(
-    min_length=1, max_length=1000, description="layer indices (negative from the end); default: all")]
+# Arguments every tool shares carry no description here: the server's instructions explain them once
+# (model, top_k, detail, plot, plot_path, and how positions and layers count).
+ModelRef = Annotated[str | None, Field(max_length=1000)]
+Prompt = Annotated[str, Field(min_length=1, max_length=50_000)]
+Token = Annotated[str, Field(min_length=1, max_length=200, description="one token, with its leading space (' Paris')")]
+TopK = Annotated[int, Field(ge=1, le=200)]
+Detail = bool
+Position = Annotated[int, Field(ge=-100_000, le=100_000, description="token position, -1 = last")]
+Positions = Annotated[list[Annotated[int, Field(ge=-100_000, le=100_000)]] | None, Field(min_length=1, max_length=4096)]
+Layers = Annotated[list[Annotated[int, Field(ge=-1000, le=1000)]] | None, Field(min_length=1, max_length=1000)]
 HeadLabel = Annotated[str, Field(pattern=r"^\s*[Ll]\d{1,4}\s*[Hh]\d{1,4}\s*$", description="a head as 'L5H3'")]
 
 TOKEN_WINDOW = 64  # tokens shown without `detail`
@@ -77,6 +73,11 @@ def token_window(str_tokens: list[str], detail: bool = False, limit: int = TOKEN
 class Plot(Part):
     path: str = Field(description="absolute path of the PNG")
     uri: str = Field(description="the same file as an MCP resource")
+
+
+def warned(interpretation: str, warnings: list[str]) -> str:
+    """An interpretation with the warnings after it, so an agent reading one line sees them."""
+    return f"{interpretation}. WARNING: {' '.join(warnings)}" if warnings else interpretation
 
 
 def head_label(layer: int, head: int) -> str:

@@ -96,6 +96,27 @@ class StoredVector:
     vector: torch.Tensor
 
 
+@dataclass
+class StoredDataset:
+    """A prompt set (lens.data.PromptSet) tokenized for one model (small: not counted against a budget)."""
+
+    handle: str
+    model_handle: str
+    prompt_set: object
+
+
+@dataclass
+class StoredCircuit:
+    """A circuit find_circuit found, with the prompt set and metric it was found on (for evaluate_circuit)."""
+
+    handle: str
+    model_handle: str
+    found: object  # lens.circuits.FoundCircuit
+    prompt_set: object  # lens.data.PromptSet
+    metric: object
+    path: Path  # its JSON (lens.circuits.circuit's format)
+
+
 def model_bytes(model: torch.nn.Module) -> int:
     tensors = itertools.chain(model.parameters(), model.buffers())
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -118,8 +139,12 @@ class State:
         self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its ModelLock
         self.threads = anyio.CapacityLimiter(settings.max_threads)
         self.vectors: dict[str, StoredVector] = {}
+        self.datasets: dict[str, StoredDataset] = {}
         self._cache_ids = itertools.count(1)
         self._vector_ids = itertools.count(1)
+        self._dataset_ids = itertools.count(1)
+        self.circuits: dict[str, StoredCircuit] = {}
+        self._circuit_ids = itertools.count(1)
         self.current: str | None = None  # the model a call that names none uses: the last one loaded
 
     # --- models ------------------------------------------------------------------------------
@@ -132,7 +157,7 @@ class State:
         source = source or self.settings.default_model
         options = {"dtype": dtype, **{f: bool(flags.get(f, False)) for f in PROCESSING_FLAGS}}
         handle = _handle(source, options)
-        self._check_allowed(source)
+        self.check_allowed(source)
         with self._lock:
             loading = self._loading.setdefault(handle, threading.Lock())
         if not loading.acquire(timeout=self.settings.busy_timeout):
@@ -152,7 +177,7 @@ class State:
             loading.release()
         return entry, True
 
-    def _check_allowed(self, source: str) -> None:
+    def check_allowed(self, source: str) -> None:
         """With model_dirs set, a local path must lie inside one of them (aliases and hub ids load)."""
         dirs = self.settings.model_dirs
         if dirs is None or source in self.registered or not _is_path(source):
@@ -194,6 +219,10 @@ class State:
             del self.caches[cache.handle]
         for vector in [v for v in self.vectors.values() if v.model_handle == handle]:
             del self.vectors[vector.handle]
+        for stored in [d for d in self.datasets.values() if d.model_handle == handle]:
+            del self.datasets[stored.handle]
+        for circuit in [c for c in self.circuits.values() if c.model_handle == handle]:
+            del self.circuits[circuit.handle]
         if self.current == handle:
             self.current = None
         gc.collect()
@@ -343,10 +372,50 @@ class State:
             raise ToolError(f"steering vector {handle!r} was built on {entry.model_handle!r}, not {model_handle!r}")
         return entry
 
+    # --- prompt sets --------------------------------------------------------------------------
+
+    def store_dataset(self, model_handle: str, prompt_set) -> StoredDataset:
+        with self._lock:
+            entry = StoredDataset(f"d{next(self._dataset_ids)}", model_handle, prompt_set)
+            self.datasets[entry.handle] = entry
+        return entry
+
+    def dataset(self, handle: str, model_handle: str) -> StoredDataset:
+        with self._lock:
+            entry = self.datasets.get(handle)
+        if entry is None:
+            raise ToolError(f"no dataset {handle!r}; stored: {list(self.datasets) or 'none'}. Make one with "
+                            f"dataset(task=...) or dataset(path=...).")
+        if entry.model_handle != model_handle:
+            raise ToolError(f"dataset {handle!r} was tokenized for {entry.model_handle!r}, not {model_handle!r}; "
+                            f"make it again for this model")
+        return entry
+
+    # --- circuits ------------------------------------------------------------------------------
+
+    def store_circuit(self, model_handle: str, found, prompt_set, metric) -> StoredCircuit:
+        with self._lock:
+            handle = f"k{next(self._circuit_ids)}"
+            path = found.circuit.save(self.plots.root / "circuits" / f"{handle}-{found.circuit.n_edges}edges.json")
+            entry = StoredCircuit(handle, model_handle, found, prompt_set, metric, path)
+            self.circuits[handle] = entry
+        return entry
+
+    def circuit(self, handle: str, model_handle: str) -> StoredCircuit:
+        with self._lock:
+            entry = self.circuits.get(handle)
+        if entry is None:
+            raise ToolError(f"no circuit {handle!r}; stored: {list(self.circuits) or 'none'}. Run find_circuit first.")
+        if entry.model_handle != model_handle:
+            raise ToolError(f"circuit {handle!r} was found on {entry.model_handle!r}, not {model_handle!r}")
+        return entry
+
     def close(self) -> None:
         with self._lock:
+            self.circuits.clear()
             self.caches.clear()
             self.vectors.clear()
+            self.datasets.clear()
             self.models.clear()
 
 

@@ -56,10 +56,16 @@ def test_dla_contributions_and_bias_terms_sum_to_the_logit_difference(tiny):
     for by in ("layer", "component", "head", "neuron"):
         result = direct_logit_attribution(tiny, TOKENS, 7, 3, by=by, top_k=5)
         assert abs(result.total - (logits[7] - logits[3]).item()) <= 1e-5
-        summed = sum(v for _, v in result.contributions) + result.rest + result.constant
+        listed = result.contributions + (result.others or [])
+        summed = sum(v for _, v in listed) + result.rest + result.constant
         assert abs(summed - result.total) <= 1e-4, f"{by}: {summed} vs {result.total}"
-    grid = direct_logit_attribution(tiny, TOKENS, 7, by="head").head_grid
+    by_head = direct_logit_attribution(tiny, TOKENS, 7, by="head", top_k=3)
+    grid = by_head.head_grid
     assert len(grid) == 3 and len(grid[0]) == 4
+    # heads and the other terms ranked apart: the heads are the top 3 of the grid by |value|
+    largest = sorted((abs(v) for row in grid for v in row), reverse=True)[:3]
+    assert [abs(v) for _, v in by_head.contributions] == pytest.approx(largest, abs=1e-6)
+    assert by_head.others and all(not name.startswith("L") or " " in name for name, _ in by_head.others)
 
 
 def test_logit_lens_last_reading_is_the_models_prediction(tiny):

@@ -20,7 +20,7 @@ def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smo
     assert [int(row.split()[0]) for row in table] == list(range(30))
     assert "' Paris'" in table[-1]
     assert [Path(p).name for p in paths] == ["logit_lens.png", "dla_by_head.png", "induction_heads.png",
-                                             "ioi_patch_resid_pre.png", "ioi_patch_heads.png"]
+                                             "ioi_patch_resid_pre.png", "ioi_patch_heads.png", "features.png"]
     for path in paths:
         assert Path(path).stat().st_size > 10_000 and f"plot: {path}" in text
     assert "induction scores" in text and "direct logit attribution by head" in text
@@ -34,3 +34,6 @@ def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smo
     assert "restores" in sweep[3] and "positive on" in sweep[3], sweep[3]
     assert "activation patching of heads (30 layers × 9 heads)" in text
     assert "steering blocks.4.hook_resid_post" in text and "×-3:" in text and "×3:" in text
+    # the dictionary section: quality numbers, features per token, a city feature's contexts and steering
+    assert "dictionary: " in text and "CE loss recovered" in text and "top features of blocks.6.hook_resid_post" in text
+    assert "is the most selective for city names" in text and "[[" in text and "+= c × W_dec[" in text

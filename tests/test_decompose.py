@@ -70,22 +70,24 @@ def test_neuron_results_sum_to_mlp_out_minus_the_bias(model):
     summed = neurons.sum(0) + cache._bias("b_out", 0, None)[0]
     assert (summed - cache["mlp_out", 0]).abs().max() <= 1e-5, max_diff(summed, cache["mlp_out", 0])
     part, labels = cache.stack_neuron_results(layer=1, neuron_slice=slice(0, 3), pos_slice=-1, return_labels=True)
-    assert labels == ["L0N0", "L0N1", "L0N2"] and part.shape == (3, 2, 1, model.cfg.d_model)
-    assert torch.allclose(part, neurons[:3, :, -1:])
+    assert labels == ["L0N0", "L0N1", "L0N2"] and part.shape == (3, 2, model.cfg.d_model)  # an int drops pos
+    assert torch.allclose(part, neurons[:3, :, -1])
+    kept = cache.stack_neuron_results(layer=1, neuron_slice=(0, 3), pos_slice=[-1])  # a tuple is a range
+    assert kept.shape == (3, 2, 1, model.cfg.d_model) and torch.allclose(kept, neurons[:3, :, -1:])
 
 
 def test_logit_attributions_sum_to_the_logit_difference(model):
     logits, cache = model.run_with_cache(TOKENS)
     answer, wrong = 5, 11
     stack = cache.get_full_resid_decomposition(pos_slice=-1)
-    attrs = cache.logit_attrs(stack, answer, wrong, pos_slice=-1)  # [component, batch, 1]
+    attrs = cache.logit_attrs(stack, answer, wrong, pos_slice=-1)  # [component, batch]
     diff = logits[:, -1, answer] - logits[:, -1, wrong]
     # The final norm's bias and b_U are constants no component owns: add them to compare.
     w = model.weights
     constant = (w.b_U[answer] - w.b_U[wrong]).expand(2)
     if model.cfg.norm == "layernorm":
         constant = constant + w.ln_final_b @ (model.W_U[:, answer] - model.W_U[:, wrong])
-    total = attrs.sum(0)[:, 0] + constant
+    total = attrs.sum(0) + constant
     assert (total - diff).abs().max() <= 1e-4, max_diff(total, diff)
 
 
@@ -93,10 +95,14 @@ def test_accumulated_resid_through_the_final_norm_gives_the_logits(model):
     logits, cache = model.run_with_cache(TOKENS)
     accumulated, labels = cache.accumulated_resid(apply_ln=True, pos_slice=-1, incl_mid=True, return_labels=True)
     assert labels[0] == "0_pre" and labels[-1] == "final_post"
-    w = model.weights
-    bias = w.ln_final_b if model.cfg.norm == "layernorm" else 0
-    final_logits = (accumulated[-1] + bias) @ model.W_U + w.b_U
-    assert (final_logits - logits[:, -1:]).abs().max() <= 1e-4, max_diff(final_logits, logits[:, -1:])
+    final_logits = accumulated[-1] @ model.W_U + model.b_U  # [batch, d_vocab]: pos_slice=-1 drops pos
+    assert (final_logits - logits[:, -1]).abs().max() <= 1e-4, max_diff(final_logits, logits[:, -1])
+    # Every point is normalised with its own statistics (the logit lens), not the final cached scale.
+    for i, label in enumerate(labels[:-1]):
+        layer, kind = label.split("_")
+        resid = cache[f"resid_{kind}", int(layer)][:, -1]
+        expected = model.ln_final(resid)
+        assert (accumulated[i] - expected).abs().max() <= 1e-5, f"{label}: {max_diff(accumulated[i], expected)}"
 
 
 def test_a_batchless_cache_decomposes_too():

@@ -113,8 +113,10 @@ def test_indexing_equals_indexing_the_dense_product(fm):
     assert_close(fm[1, 2].AB, dense[1, 2], 1e-12, "fm[1, 2]")
     assert_close(fm[:, [0, 2]].AB, dense[:, [0, 2]], 1e-12, "fm[:, [0, 2]]")
     assert_close(fm[0, 1, 2:5, 1:6].AB, dense[0, 1, 2:5, 1:6], 1e-12, "rows and columns")
+    assert_close(fm[0, 1, 2].AB, dense[0, 1, 2:3], 1e-12, "an int row stays a dimension of length 1")
+    assert_close(fm[0, 1, :, -1].AB, dense[0, 1, :, -1:], 1e-12, "an int column stays a dimension of length 1")
     with pytest.raises(IndexError):
-        fm[0, 1, 2]  # one row would be a vector
+        fm[0, 1, 2, 3, 4]  # more indices than dimensions
 
 
 def test_get_corner_equals_the_dense_corner(fm):
@@ -145,8 +147,10 @@ def test_qk_and_ov_are_each_heads_circuit_with_kv_heads_shared_by_their_group(mo
     group = model.cfg.n_heads // model.cfg.n_kv_heads
     assert tuple(model.QK.shape) == (3, 4, 32, 32) and tuple(model.OV.shape) == (3, 4, 32, 32)
     for layer, head in [(0, 0), (1, 1), (2, 2), (2, 3)]:
-        qk = model.W_Q[layer, head] @ model.W_K[layer, head // group].T
-        ov = model.W_V[layer, head // group] @ model.W_O[layer, head]
+        qk = model.W_Q[layer, head] @ model._W_K[layer, head // group].T
+        ov = model._W_V[layer, head // group] @ model.W_O[layer, head]
+        assert torch.equal(model.W_K[layer, head], model._W_K[layer, head // group])  # TransformerLens's GQA view
+        assert torch.equal(model.W_V[layer, head], model._W_V[layer, head // group])
         assert_close(model.QK[layer, head].AB, qk, 1e-6, f"QK L{layer}H{head}")
         assert_close(model.OV[layer, head].AB, ov, 1e-6, f"OV L{layer}H{head}")
         assert_close(model.blocks[layer].attn.QK[head].AB, qk, 1e-6, f"blocks[{layer}].attn.QK")
@@ -202,10 +206,10 @@ def test_an_earlier_head_writing_what_a_later_query_reads_has_q_score_one_and_k_
     first_column = torch.zeros(e)
     first_column[0] = 1.0
     with torch.no_grad():  # L0H0 and L1H1 both use kv head 0 (group of 2)
-        model.W_V[0, 0] = torch.outer(a, first_column)  # OV of L0H0 = a v^T
+        model._W_V[0, 0] = torch.outer(a, first_column)  # OV of L0H0 = a v^T
         model.W_O[0, 0] = torch.outer(first_column, v)
         model.W_Q[1, 1] = torch.outer(v, first_column)  # QK of L1H1 = v w^T
-        model.W_K[1, 0] = torch.outer(w, first_column)
+        model._W_K[1, 0] = torch.outer(w, first_column)
     q, k = model.all_composition_scores("Q"), model.all_composition_scores("K")
     assert abs(q[0, 0, 1, 1].item() - 1.0) <= 1e-5, f"Q score {q[0, 0, 1, 1].item():.6f}, expected 1"
     assert abs(k[0, 0, 1, 1].item()) <= 1e-5, f"K score {k[0, 0, 1, 1].item():.3g}, expected 0"

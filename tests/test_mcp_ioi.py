@@ -25,7 +25,8 @@ def test_the_ioi_workflow_through_the_tools_equals_the_direct_lens_calls(smollm2
 
     async def workflow(client):
         steps = {"load_model": await ok(client, "load_model", {"name": "smollm2-135m"})}
-        steps["run_with_cache"] = await ok(client, "run_with_cache", {"prompt": CLEAN, "hooks": ["resid_post", "z"]})
+        steps["run_with_cache"] = await ok(client, "run_with_cache", {"prompt": CLEAN, "hooks": ["resid_post", "z"],
+                                                                      "detail": True})
         steps["logit_attribution"] = await ok(client, "logit_attribution", {"prompt": CLEAN, "by": "head"} | METRIC)
         steps["patch"] = await ok(client, "patch", {"clean": CLEAN, "corrupted": CORRUPTED, "what": "heads"} | METRIC)
         name_movers = [h["label"] for h in steps["patch"]["hotspots"][:3]]

@@ -37,7 +37,8 @@ ANYTHING = [None, True, False, [], {}, [None], {"a": 1}, [[1, 2]], "3", ["L1H2"]
 
 def bad_value(schema: dict, rng: random.Random):
     """A value that is wrong for this argument, or valid but extreme."""
-    kinds = {s.get("type") for s in schema.get("anyOf", [schema])}
+    types = [s.get("type") for s in schema.get("anyOf", [schema])]  # a type may be a list: ["string", "array"]
+    kinds = {k for t in types for k in (t if isinstance(t, list) else [t])}
     pool = list(ANYTHING)
     if "string" in kinds or "enum" in schema or any("enum" in s for s in schema.get("anyOf", [])):
         pool += STRINGS + ["bogus", "heads", "mlps", "neurons", "logits"]

@@ -1,6 +1,5 @@
 """Every MCP tool through a real in-process mcp.Client, on a tiny random model, checked against the lens call it wraps."""
 
-import json
 from pathlib import Path
 
 import anyio
@@ -30,8 +29,9 @@ from lens.analysis import (
 from mcp_server import Settings, create_server
 
 TOOLS = {"list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
-         "logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
-         "attribution_patch", "path_patch", "ablate", "steer", "generate"}
+         "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "dataset", "patch",
+         "attribution_patch", "path_patch", "ablate", "steer", "generate", "features", "find_circuit", "evaluate_circuit",
+         "investigate"}
 READ_ONLY = {"list_models", "model_info", "tokenize", "get_activation", "generate"}
 
 
@@ -54,13 +54,12 @@ def test_every_tool_has_a_description_input_constraints_an_output_schema_and_ann
     tools = run(server, lambda client: client.list_tools()).tools
     assert {t.name for t in tools} == TOOLS
     for t in tools:
-        assert len(t.description) > 150, f"{t.name}: the docstring should tell an agent when to use it"
         assert "interpretation" in t.output_schema["properties"] or t.name in ("list_models", "release"), t.name
         assert t.annotations.read_only_hint == (t.name in READ_ONLY), t.name
         assert bool(t.annotations.destructive_hint) == (t.name == "release"), t.name
         assert t.input_schema["type"] == "object"
-    schema = next(t for t in tools if t.name == "generate").input_schema["properties"]["max_new_tokens"]
-    assert schema["minimum"] == 1 and schema["maximum"] == 512, schema
+    schema = next(t for t in tools if t.name == "generate").input_schema["properties"]["temperature"]
+    assert schema["maximum"] == 10 and schema["default"] == 1.0, schema  # a bound that informs is published
 
 
 def test_the_default_model_loads_on_first_use_and_load_model_makes_a_model_current(server, model):
@@ -145,25 +144,36 @@ def test_logit_lens_matches_lens(server, model):
     result = run(server, lambda c: ok(c, "logit_lens", {"prompt": IOI_CLEAN, "targets": [" Mary"], "top_k": 2,
                                                        "plot": False}))
     expected = logit_lens(model, IOI_CLEAN, targets=[" Mary"], top_k=2)
-    assert [layer["layer"] for layer in result["layers"]] == ["embed", "L0", "L1", "L2"]
-    for got, want in zip(result["layers"], expected.layers, strict=True):
-        assert got["top"] == [t for t, _ in want.top] and got["target_ranks"] == [want.targets[0].rank]
-        assert close(got["target_probs"][0], want.targets[0].prob)
+    assert result["layers"] == ["embed", "L0", "L1", "L2"] and result["targets"] == [" Mary"]
+    assert result["top"] == [[t for t, _ in want.top] for want in expected.layers]
+    assert result["ranks"] == [[want.targets[0].rank for want in expected.layers]]
+    assert all(close(got, want.targets[0].prob) for got, want in zip(result["probs"][0], expected.layers, strict=True))
     assert result["plot"] is None
 
 
-def test_attention_pattern_reports_where_each_query_attends_most(server, model):
-    result = run(server, lambda c: ok(c, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2", "l0h3"]}))
+def test_attention_pattern_reports_each_querys_top_keys_without_the_sink(server, model):
+    async def scenario(client):
+        return (await ok(client, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2", "l0h3"], "top_k": 3}),
+                await ok(client, "attention_pattern", {"prompt": IOI_CLEAN, "heads": ["L1H2"], "skip_first": False,
+                                                       "top_k": 1, "plot": False}))
+    result, with_sink = run(server, scenario)
     expected = attention_patterns(model, IOI_CLEAN, [(1, 2), (0, 3)])
+    n = len(expected.str_tokens)
     for got, want in zip(result["heads"], expected.heads, strict=True):
-        assert got["attends_to"] == [k for _, k, _ in want.strongest]
-        assert all(close(a, w) for a, (_, _, w) in zip(got["weights"], want.strongest, strict=True))
+        pattern = torch.tensor(want.pattern)  # [q, k]
+        assert got["keys"][0] == [0] and len(got["keys"]) == n  # query 0 sees only key 0
+        for q in range(1, n):
+            keys = pattern[q, 1:q + 1].argsort(descending=True)[:3] + 1  # the sink (key 0) left out
+            assert got["keys"][q] == keys.tolist(), (q, got["keys"][q], keys)
+            assert all(close(w, pattern[q, k].item()) for w, k in zip(got["weights"][q], keys.tolist(), strict=True))
+            assert close(got["first"][q], pattern[q, 0].item())
     assert [h["head"] for h in result["heads"]] == ["L1H2", "L0H3"] and result["plot"]["path"].endswith(".png")
+    assert with_sink["heads"][0]["keys"] == [[k] for _, k, _ in expected.heads[0].strongest]
 
 
 def test_head_finders_rank_heads_as_lens_does(server, model):
     async def scenario(client):
-        induction = await ok(client, "find_induction_heads", {"seq_len": 12, "batch": 2, "top_k": 3, "plot": False})
+        induction = await ok(client, "detect_heads", {"seq_len": 12, "batch": 2, "top_k": 3, "plot": False})
         previous = await ok(client, "detect_heads", {"kind": "previous_token", "top_k": 3, "plot": False})
         return induction, previous
     induction, previous = run(server, scenario)
@@ -244,32 +254,6 @@ def test_steer_builds_a_vector_stores_it_and_reuses_it(server, model):
     assert reused["generations"][0]["text"] == built["generations"][1]["text"]
 
 
-def test_answers_stay_under_4_kb_by_default_even_for_a_long_prompt(server):
-    long_prompt = " ".join([IOI_CLEAN] * 3)  # ~48 tokens
-    calls = [("list_models", {}), ("load_model", {}), ("model_info", {}), ("tokenize", {"text": long_prompt}),
-             ("run_with_cache", {"prompt": long_prompt}), ("logit_lens", {"prompt": long_prompt, "targets": [" Mary"]}),
-             ("logit_attribution", {"prompt": long_prompt, "answer": " Mary", "by": "neuron"}),
-             ("attention_pattern", {"prompt": long_prompt, "heads": ["L0H0", "L1H1", "L2H2", "L2H3"]}),
-             ("find_induction_heads", {}), ("detect_heads", {}),
-             ("patch", {"clean": long_prompt, "corrupted": long_prompt, "answer": " Mary", "what": "heads_by_pos"}),
-             ("ablate", {"prompt": long_prompt, "answer": " Mary", "what": "neurons"}),
-             ("steer", {"prompt": long_prompt, "positive": ["Mary"], "negative": ["John"]}),
-             ("generate", {"prompt": long_prompt, "max_new_tokens": 16})]
-
-    async def scenario(client):
-        sizes = {}
-        for name, args in calls:
-            result = await client.call_tool(name, args | ({"plot": False} if name in PLOTTING else {}))
-            assert not result.is_error, f"{name}: {result.content[0].text}"
-            sizes[name] = len(json.dumps(result.structured_content))
-            assert len(result.content[0].text) <= sizes[name] + 10, "the text is the same JSON, not indented"
-        return sizes
-    sizes = run(server, scenario)
-    assert max(sizes.values()) < 4096, sizes
-
-
-PLOTTING = {"logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
-            "attribution_patch", "path_patch", "ablate"}
 
 
 def test_calls_on_one_model_run_one_at_a_time(server, model):
@@ -296,3 +280,45 @@ def test_calls_on_one_model_run_one_at_a_time(server, model):
     finally:
         model.reset_hooks()
     assert most == 1, f"{most} forwards of one model overlapped"
+
+
+def test_answers_lead_with_the_finding(server, model):
+    """best position per layer, both tokens where the prompts differ, the loss metric, spacing warnings,
+    and steer's metric shift for every coefficient."""
+    logits = model(IOI_CLEAN)[0, -1]
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
+    pairs = [w for w in vocab if w.isalpha() and " " + w in vocab]  # both forms single tokens
+    ranked = {w: (int((logits > logits[vocab.index(" " + w)]).sum()), int((logits > logits[vocab.index(w)]).sum()))
+              for w in pairs}
+    flagged = next(w for w, (spaced, plain) in ranked.items() if spaced < plain)
+    quiet = next(w for w, (spaced, plain) in ranked.items() if spaced > plain)
+
+    async def scenario(client):
+        return (await ok(client, "patch", IOI | {"plot": False}),
+                await ok(client, "ablate", {"prompt": IOI_CLEAN, "metric": "loss", "span": [2, 9], "top_k": 3,
+                                            "plot": False}),
+                await ok(client, "logit_attribution", {"prompt": IOI_CLEAN, "answer": flagged, "plot": False}),
+                await ok(client, "logit_attribution", {"prompt": IOI_CLEAN, "answer": quiet, "plot": False}),
+                await ok(client, "steer", {"prompt": "The cat", "positive": ["Mary gave"], "negative": ["John went"],
+                                           "layer": 1, "coefficients": [0, 3, 6], "answer": " Mary",
+                                           "baseline": " John", "tokens": [" Mary", " John"], "max_new_tokens": 3}))
+    patched, ablated, warned, unwarned, steered = run(server, scenario)
+    want = patching.patch(model, IOI_CLEAN, IOI_CORRUPTED, patching.logit_diff(model, " Mary", " John"), progress=False)
+    normalised = torch.tensor(want.normalised)  # [layer, pos]
+    assert patched["best_pos"] == normalised.argmax(-1).tolist()
+    s2 = next(i for i, (a, b) in enumerate(zip(model.to_str_tokens(IOI_CLEAN), model.to_str_tokens(IOI_CORRUPTED),
+                                                  strict=True)) if a != b)
+    labels = [h["label"] for h in patched["hotspots"] if h["index"][1] == s2]
+    assert labels and all(label.endswith(" ' John'/' Mary'") for label in labels), labels
+    loss = patching.next_token_loss(model, IOI_CLEAN, list(range(2, 10)))
+    expected = patching.ablate(model, IOI_CLEAN, loss, top_k=3, progress=False)
+    assert close(ablated["unablated_value"], expected.baseline) and ablated["metric"] == str(loss)
+    per_token = model(IOI_CLEAN, return_type="loss", loss_per_token=True)[0, 2:10].mean().item()
+    assert close(ablated["unablated_value"], per_token), (ablated["unablated_value"], per_token)
+    assert [h["label"] for h in ablated["hotspots"]] == [h.label for h in expected.top]
+    assert warned["warnings"] and f"' {flagged}'" in warned["warnings"][0] and "WARNING" in warned["interpretation"]
+    assert unwarned["warnings"] is None
+    for g in steered["generations"]:
+        mary, john = (s["shift"] for s in g["logit_shifts"])
+        assert close(g["metric_shift"], mary - john, rel=1e-3), g
+        assert f"x{g['coefficient']:g}:" in steered["interpretation"]

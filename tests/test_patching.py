@@ -267,4 +267,4 @@ def test_real_model_patching_equals_the_naive_loop(smollm2):
                 fast = result.tensor[i, j]
                 assert abs(fast - slow) <= 1e-4, f"{hook} L{layer} {index}: {fast} vs {slow}"
     assert heads.top[0].label == "L23H3"  # the head that moves the indirect object's name here
-    assert resid.top[0].label == "L0 @9 ' John'"  # the corrupted token
+    assert resid.top[0].label == "L0 @9 ' Mary'/' John'"  # the position the prompts differ at: clean/corrupted

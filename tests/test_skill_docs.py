@@ -70,7 +70,7 @@ def test_python_blocks_run_in_order_and_print_what_their_comments_say(path, tmp_
 # --- inline Python -------------------------------------------------------------------------------
 
 # Where the functions that inline code names live, by the name a reader uses.
-INLINE_NAMESPACES = ("lens", "lens.analysis", "lens.patching", "lens.plots")
+INLINE_NAMESPACES = ("lens", "lens.analysis", "lens.patching", "lens.plots", "lens.sae", "lens.circuits")
 
 
 def resolve(name: str):

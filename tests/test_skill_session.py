@@ -27,7 +27,7 @@ def workflow_calls():
 
 
 def field(result: dict, path: str):
-    """result['heads'][0]['attends_to'][-1] for 'heads[0].attends_to[-1]'; '[]' means the first item."""
+    """result['heads'][0]['keys'][-1][0] for 'heads[0].keys[-1][0]'; '[]' means the first item."""
     value = result
     for name, index in re.findall(r"([A-Za-z_]+)|\[(-?\d*)\]", path):
         value = value[name] if name else value[int(index) if index else 0]
@@ -86,9 +86,9 @@ def test_an_agent_following_the_ioi_workflow_finds_what_each_next_step_needs(tmp
         layer, index = map(int, HEAD.match(head).groups())
 
         # 3. Where it looks: the key position the last token attends to most.
-        args, pattern = await s.next("attention_pattern", ["heads[0].attends_to[-1]", "tokens.str_tokens"])
+        args, pattern = await s.next("attention_pattern", ["heads[0].keys[-1][0]", "tokens.str_tokens"])
         assert args["heads"] == [head], f"SKILL.md looks at {args['heads']}; the tools point at {head}"
-        key = field(pattern, "heads[0].attends_to[-1]")
+        key = field(pattern, "heads[0].keys[-1][0]")
         tokens = pattern["tokens"]["str_tokens"]
         clean = args["prompt"]
         corrupted = calls[1].arguments["corrupted"]

@@ -24,8 +24,9 @@ REFERENCES = ROOT / "references"
 # The MCP server's tools (test_skill_mcp.py checks this against the live server).
 TOOL_NAMES = frozenset({
     "list_models", "load_model", "model_info", "tokenize", "release", "run_with_cache", "get_activation",
-    "logit_attribution", "logit_lens", "attention_pattern", "find_induction_heads", "detect_heads", "patch",
-    "attribution_patch", "path_patch", "ablate", "steer", "generate"})
+    "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "dataset", "patch",
+    "attribution_patch", "path_patch", "ablate", "steer", "generate", "features", "find_circuit", "evaluate_circuit",
+    "investigate"})
 
 
 def docs() -> list[Path]:

@@ -11,8 +11,9 @@ TOKENS = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(0)
 def test_weight_shapes_follow_transformer_lens():
     model = HookedTransformer.from_config(TINY_VARIANTS["llama_like"], seed=0)
     L, H, K, D, E, M, V = 3, 4, 2, 32, 8, 48, 50
-    expected = {"W_Q": (L, H, D, E), "W_K": (L, K, D, E), "W_V": (L, K, D, E), "W_O": (L, H, E, D),
-                "b_Q": (L, H, E), "b_K": (L, K, E), "b_O": (L, D), "W_in": (L, D, M), "W_gate": (L, D, M),
+    expected = {"W_Q": (L, H, D, E), "W_K": (L, H, D, E), "W_V": (L, H, D, E), "W_O": (L, H, E, D),
+                "_W_K": (L, K, D, E), "_W_V": (L, K, D, E), "_b_K": (L, K, E),
+                "b_Q": (L, H, E), "b_K": (L, H, E), "b_O": (L, D), "W_in": (L, D, M), "W_gate": (L, D, M),
                 "W_out": (L, M, D), "b_in": (L, M), "b_out": (L, D), "W_E": (V, D), "W_U": (D, V), "b_U": (V,)}
     for name, shape in expected.items():
         assert tuple(getattr(model, name).shape) == shape, name
@@ -24,9 +25,9 @@ def test_weight_shapes_follow_transformer_lens():
 
 def test_weight_properties_share_storage_with_the_parameters():
     model = HookedTransformer.from_config(TINY_VARIANTS["llama_like"], seed=0)
-    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "W_in", "W_out", "W_E"):
+    for name in ("W_Q", "_W_K", "_W_V", "W_O", "b_Q", "W_in", "W_out", "W_E"):
         assert getattr(model, name).untyped_storage().data_ptr() == \
-            getattr(model.weights, name).untyped_storage().data_ptr(), name
+            getattr(model.weights, name.removeprefix("_")).untyped_storage().data_ptr(), name
     assert torch.equal(model.blocks[2].attn.W_Q, model.W_Q[2])
 
 

@@ -24,14 +24,16 @@ class DLAResult(Result):
     baseline: str | None
     by: str
     total: float  # logit(answer) - logit(baseline) from the model's logits
-    contributions: list[tuple[str, float]]  # the top components by |contribution|, in that order
-    rest: float  # sum of the components not listed
+    contributions: list[tuple[str, float]]  # the top components by |contribution| (by="head": heads only)
+    others: list[tuple[str, float]] | None = None  # by="head": the top other terms (MLPs, embeddings, biases)
+    rest: float  # sum of the components not listed (in contributions or others)
     constant: float  # the final norm's bias and b_U, which no component owns
     head_grid: list[list[float]] | None = None  # [layer][head] when by == "head"
     layer_labels: list[str] | None = None  # the ordered components when by is "layer" or "component"
     layer_values: list[float] | None = None
     n_rows: int = 1  # over a prompt set: the rows the means are over
     spreads: list[Spread] | None = None  # over a set: one per listed contribution
+    other_spreads: list[Spread] | None = None  # over a set, by="head": one per entry of others
     total_spread: Spread | None = None
     row_values: list[list[float]] | None = None  # [n_rows][listed contribution], on request
 
@@ -47,7 +49,12 @@ class DLAResult(Result):
         spreads = self.spreads or [None] * len(self.contributions)
         lines += [f"  {label:>14}  {value:+.3f}" + ("" if s is None else f"  {s.text()}")
                   for (label, value), s in zip(self.contributions, spreads, strict=True)]
-        listed = sum(v for _, v in self.contributions)
+        if self.others:
+            lines.append("  and the other components (MLPs, embeddings):")
+            other_spreads = self.other_spreads or [None] * len(self.others)
+            lines += [f"  {label:>14}  {value:+.3f}" + ("" if s is None else f"  {s.text()}")
+                      for (label, value), s in zip(self.others, other_spreads, strict=True)]
+        listed = sum(v for _, v in self.contributions + (self.others or []))
         lines.append(f"  listed {listed:+.3f}, the rest {self.rest:+.3f}, bias terms {self.constant:+.3f} "
                      f"(sum {listed + self.rest + self.constant:+.3f} = total)")
         return "\n".join(lines)
@@ -63,6 +70,11 @@ def _rename(label: str) -> str:
 
 DLA_SKIPS = ("hook_pattern", "hook_attn_scores", "hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k",
              "hook_pre", "hook_pre_linear", "hook_normalized")
+
+
+def _is_head(label: str) -> bool:
+    """'L9H6' (a head), not 'L9 mlp', 'embed', ..."""
+    return label.startswith("L") and "H" in label and " " not in label
 
 
 @torch.no_grad()
@@ -124,8 +136,14 @@ def direct_logit_attribution(model, prompt, answer=None, baseline=None, by: By =
         raise RuntimeError(f"direct logit attribution does not add up: components sum to "
                            f"{(values.sum(0) + constant)[worst].item():.5f}, the logits give {total[worst].item():.5f}")
     means = values.mean(1)
-    order = means.abs().argsort(descending=True)
-    shown = order[:top_k].tolist()
+    order = means.abs().argsort(descending=True).tolist()
+    if by == "head":  # heads and the rest ranked apart, so an MLP or the embedding cannot hide the heads
+        is_head = [_is_head(label) for label in labels]
+        shown = [i for i in order if is_head[i]][:top_k]
+        others = [i for i in order if not is_head[i]][:top_k]
+    else:
+        shown, others = order[:top_k], []
+    listed = set(shown) | set(others)
     grid = None
     if by == "head":
         head_values = dict(zip(labels, means.tolist(), strict=True))
@@ -142,8 +160,10 @@ def direct_logit_attribution(model, prompt, answer=None, baseline=None, by: By =
     return DLAResult(
         prompt=text, str_tokens=tokens_str, position=position, answer=answer_str, baseline=baseline_str, by=by,
         total=total.mean().item(), contributions=[(labels[i], means[i].item()) for i in shown],
-        rest=means[order[top_k:]].sum().item(), constant=constant.mean().item(), head_grid=grid,
+        others=[(labels[i], means[i].item()) for i in others] if by == "head" else None,
+        rest=sum(means[i].item() for i in order if i not in listed), constant=constant.mean().item(), head_grid=grid,
         layer_labels=labels if ordered else None, layer_values=means.tolist() if ordered else None,
         n_rows=n, spreads=None if ps is None else [spread(values[i]) for i in shown],
+        other_spreads=None if ps is None or by != "head" else [spread(values[i]) for i in others],
         total_spread=None if ps is None else spread(total),
         row_values=values[shown].T.tolist() if per_row and ps is not None else None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from lens.errors import TokenizationError
+
 
 class Result(BaseModel):
     """A typed analysis result: JSON-ready fields and a one-screen `summary()`."""
@@ -77,3 +79,28 @@ def all_in_range(indices, size: int, what: str, of: str) -> list[int]:
 
 def resolve_pos(pos: int, n: int) -> int:
     return in_range(pos, n, "position", f"a prompt of {n} tokens")
+
+
+@torch.no_grad()
+def spacing_warnings(model, prompt, answers, pos: int = -1) -> list[str]:
+    """A warning for each answer typed without its leading space ('Mary') whose spaced form (' Mary') is one
+    token that the model ranks higher as the next token at `pos` of `prompt`: mid-sentence words are
+    usually spaced tokens, and the unspaced one is another token that scores something else. One forward,
+    only when some answer is unspaced and its spaced form is a single token."""
+    pairs = []
+    for answer in dict.fromkeys(a for a in answers if isinstance(a, str) and a and not a[0].isspace()):
+        try:
+            pairs.append((answer, model.to_single_token(answer), model.to_single_token(" " + answer)))
+        except TokenizationError:  # either form is not one token: nothing to compare
+            continue
+    if not pairs:
+        return []
+    tokens = prompt_tokens(model, prompt)
+    logits = model(tokens)[0, resolve_pos(pos, tokens.shape[1])].float()
+    warnings = []
+    for answer, plain, spaced in pairs:
+        plain_rank, spaced_rank = (int((logits > logits[i]).sum()) for i in (plain, spaced))
+        if spaced_rank < plain_rank:
+            warnings.append(f"the answer {answer!r} has no leading space; {' ' + answer!r} is one token the model "
+                            f"ranks higher here (rank {spaced_rank} vs {plain_rank}, 0 = top): did you mean it?")
+    return warnings

@@ -60,7 +60,7 @@ def logit_lens(model, prompt, targets=None, pos: int | str = -1, top_k: int = 5)
     embeds = cache["embed"] + (cache["pos_embed"] if "hook_pos_embed" in model.hook_dict else 0)
     resids = [embeds] + [cache["resid_post", i] for i in range(model.cfg.n_layers)]
     stack = torch.cat([r[:, position] for r in resids])  # [n_points, d_model]
-    probs = model.unembed(stack[:, None])[:, 0].float().softmax(-1)  # [n_points, d_vocab]
+    probs = model.final_logits(stack[:, None])[:, 0].float().softmax(-1)  # [n_points, d_vocab]
     top = probs.topk(top_k, dim=-1)
     layers = []
     for i, label in enumerate(["embed"] + [f"L{j}" for j in range(model.cfg.n_layers)]):

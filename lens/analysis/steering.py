@@ -62,9 +62,10 @@ def steering_vector(model, positive_prompts: Sequence[str] | str, negative_promp
 
 class SteeredGeneration(Result):
     coefficient: float
-    layer: int
+    layer: int | None  # None where the setting is not a layer's (a dictionary feature)
     text: str  # the continuation only
     logit_shifts: dict[str, float]  # token → steered − unsteered logit at the prompt's last position
+    metric_shift: float | None = None  # with answer/baseline: the shift of logit(answer) − logit(baseline) there
 
 
 class SteeringResult(Result):
@@ -80,7 +81,9 @@ class SteeringResult(Result):
         for g in self.generations:
             shifts = ", ".join(f"{tok!r} {shift:+.2f}" for tok, shift in g.logit_shifts.items())
             where = f"L{g.layer} " if len({h.layer for h in self.generations}) > 1 else ""
-            lines.append(f"  {where}×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else ""))
+            moved = "" if g.metric_shift is None else f"   metric shift {g.metric_shift:+.2f}"
+            lines.append(f"  {where}×{g.coefficient:g}: {g.text!r}" + (f"   logit shifts: {shifts}" if shifts else "")
+                         + moved)
         return "\n".join(lines)
 
 
@@ -107,15 +110,18 @@ def steering_hook(vector: torch.Tensor, coefficient: float | torch.Tensor, posit
 def steer(model, prompt: str, vector: torch.Tensor, layer: int | Sequence[int],
           coefficients: Sequence[float] = (0.0, 4.0, 8.0), hook: str = "resid_post",
           positions: SteerPositions | Sequence[int] = "all", max_new_tokens: int = 20, seed: int = 0,
-          do_sample: bool = False, temperature: float = 1.0, tokens: Sequence[str | int] = ()) -> SteeringResult:
+          do_sample: bool = False, temperature: float = 1.0, tokens: Sequence[str | int] = (),
+          answer: str | int | None = None, baseline: str | int | None = None) -> SteeringResult:
     """Generate from `prompt` with coefficient × vector added at `hook` of `layer` (or of each of several
     layers), for every coefficient, all in one batched generation.
 
     positions: "all", "prompt" (the prompt's positions only), "generated", or a list of absolute
     positions. Greedy by default (each row generates what it would alone); with do_sample the rows draw
     from one seeded generator. `tokens`: report how much each one's logit at the prompt's last position
-    moves from the unsteered run. A lens.data.PromptSet as `prompt`: no generation, but the shift of each
-    row's logit(answer) - logit(baseline) at its END per setting, mean and spread (steer_set)."""
+    moves from the unsteered run; `answer` (and `baseline`): how much logit(answer) − logit(baseline)
+    moves there (the answer's logit alone without a baseline). A lens.data.PromptSet as `prompt`: no
+    generation, but the shift of each row's logit(answer) - logit(baseline) at its END per setting, mean
+    and spread (steer_set)."""
     from lens.data.prompt_set import PromptSet
     if isinstance(prompt, PromptSet):
         return steer_set(model, prompt, vector, layer, coefficients, hook, positions)
@@ -133,32 +139,56 @@ def steer(model, prompt: str, vector: torch.Tensor, layer: int | Sequence[int],
     if positions not in ("all", "prompt", "generated") and isinstance(positions, str):
         raise ValueError(f"positions must be 'all', 'prompt', 'generated' or a list of positions, not {positions!r}")
     ids = prompt_tokens(model, prompt)
-    token_ids = [token_id(model, t) for t in tokens]
     settings = [(l, float(c)) for l in layers for c in coefficients]
-    # row 0 is unsteered (the reference for the logit shifts); row 1 + k carries setting k
-    hooks = []
-    for l, name in names.items():
-        coef = torch.tensor([0.0] + [c if sl == l else 0.0 for sl, c in settings], device=model.device)
-        hooks.append((name, steering_hook(vector, coef, positions, ids.shape[1])))
+
+    def make_hooks(settings):  # one hook per layer; a row adds its coefficient only at its own layer
+        return [(name, steering_hook(vector, torch.tensor([0.0] + [c if sl == l else 0.0 for sl, c in settings],
+                                                          device=model.device), positions, ids.shape[1]))
+                for l, name in names.items()]
+    prompt_untouched = positions == "generated" or (
+        not isinstance(positions, str) and all(int(p) >= ids.shape[1] for p in positions))
+    return steer_with_hooks(model, ids, make_hooks, settings, names[layers[0]],
+                            positions if isinstance(positions, str) else str(list(positions)), float(vector.norm()),
+                            prompt, max_new_tokens, seed, do_sample, temperature, tokens, answer, baseline,
+                            prompt_untouched)
+
+
+@torch.no_grad()
+def steer_with_hooks(model, ids: torch.Tensor, make_hooks, settings: Sequence[tuple[int | None, float]], hook: str,
+                     positions: str, vector_norm: float, prompt=None, max_new_tokens: int = 20, seed: int = 0,
+                     do_sample: bool = False, temperature: float = 1.0, tokens: Sequence[str | int] = (),
+                     answer: str | int | None = None, baseline: str | int | None = None,
+                     prompt_untouched: bool = False) -> SteeringResult:
+    """What steer() does with any hooks, every setting in one batched generation: row 0 runs unsteered (the
+    reference for the logit shifts) and row 1 + k carries settings[k] = (layer or None, coefficient).
+    `make_hooks(settings)` gives the forward hooks of that batch (e.g. clamping a dictionary feature,
+    lens/sae/steering.py). `prompt_untouched`: the hooks leave the prompt's positions alone, so the shifts
+    there are 0 exactly."""
+    token_ids = [token_id(model, t) for t in tokens]
+    if baseline is not None and answer is None:
+        raise ValueError("a baseline is compared with an answer: give answer too")
+    answer_id = None if answer is None else token_id(model, answer)
+    baseline_id = None if baseline is None else token_id(model, baseline)
     batch = ids.expand(len(settings) + 1, -1)
-    with torch.no_grad(), model.hooks(hooks):
+    with model.hooks(make_hooks(settings)):
         logits = model(batch)[:, -1]  # [1 + settings, d_vocab] at the prompt's last position
         out = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                              seed=seed, verbose=False)
     generations = []
-    prompt_untouched = positions == "generated" or (
-        not isinstance(positions, str) and all(int(p) >= ids.shape[1] for p in positions))
-    for k, (l, coefficient) in enumerate(settings, start=1):
+    for k, (layer, coefficient) in enumerate(settings, start=1):
         new = out[k, ids.shape[1]:]
         text = model.to_string(new) if model.tokenizer is not None else str(new.tolist())
         # A row whose prompt the steering leaves alone has the unsteered logits there: its shift is 0 exactly,
         # not the last-bit difference between two rows of one batched matmul.
-        same = prompt_untouched or coefficient == 0.0
-        shifts = {token_str(model, t): 0.0 if same else float(logits[k, t] - logits[0, t]) for t in token_ids}
-        generations.append(SteeredGeneration(coefficient=coefficient, layer=l, text=text, logit_shifts=shifts))
-    return SteeringResult(prompt=prompt_text(model, prompt, ids), hook=names[layers[0]],
-                          positions=positions if isinstance(positions, str) else str(list(positions)),
-                          vector_norm=float(vector.norm()), generations=generations)
+        same = prompt_untouched or (coefficient == 0.0 and layer is not None)
+        moved = logits[k] - logits[0]
+        shifts = {token_str(model, t): 0.0 if same else float(moved[t]) for t in token_ids}
+        metric_shift = None if answer_id is None else 0.0 if same else \
+            float(moved[answer_id] - (0 if baseline_id is None else moved[baseline_id]))
+        generations.append(SteeredGeneration(coefficient=coefficient, layer=layer, text=text, logit_shifts=shifts,
+                                             metric_shift=metric_shift))
+    return SteeringResult(prompt=prompt_text(model, ids if prompt is None else prompt, ids), hook=hook,
+                          positions=positions, vector_norm=vector_norm, generations=generations)
 
 
 class SetSteering(Result):

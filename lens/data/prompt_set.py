@@ -280,7 +280,7 @@ def end_logits(model, ps: PromptSet, tokens: torch.Tensor | None = None) -> torc
     _, cache = model.run_with_cache(tokens.to(model.device), names_filter=final, return_type=None)
     resid = cache[final]  # [n_rows, pos, d_model]; only the END positions are unembedded
     end = ps.positions["END"].to(resid.device)
-    return model.unembed(resid[torch.arange(len(ps), device=resid.device), end][:, None])[:, 0].float()
+    return model.final_logits(resid[torch.arange(len(ps), device=resid.device), end][:, None])[:, 0].float()
 
 
 def _ids(model, prompt) -> tuple[str, tuple[int, ...], list | None]:

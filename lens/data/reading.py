@@ -55,7 +55,7 @@ def set_logit_lens(model, ps, position: str = "END", per_row: bool = False) -> S
     embeds = cache["embed"] + (cache["pos_embed"] if "hook_pos_embed" in model.hook_dict else 0)
     resids = [embeds] + [cache["resid_post", i] for i in range(model.cfg.n_layers)]
     stack = torch.stack([r[rows, at] for r in resids])  # [n_points, n_rows, d_model]
-    logits = model.unembed(stack).float()  # [n_points, n_rows, d_vocab]
+    logits = model.final_logits(stack).float()  # [n_points, n_rows, d_vocab]
     answer = ps.answer_ids.to(model.device).view(1, -1, 1).expand(len(resids), -1, 1)
     answer_logit = logits.gather(-1, answer)[..., 0]  # [n_points, n_rows]
     probs = logits.softmax(-1).gather(-1, answer)[..., 0]

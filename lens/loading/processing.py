@@ -8,6 +8,9 @@ but make its weights easier to read.
   (W_E, W_pos, W_O, b_O, W_out, b_out). Exact only when every reader of the residual is a LayerNorm.
 - center_unembed: remove the mean over the vocabulary from W_U and b_U (softmax is shift-invariant).
 - fold_value_biases: move b_V into b_O (attention rows sum to 1, so a value bias always adds b_V W_O).
+- refactor_factored_attn_matrices: refactor each head's W_Q W_K^T (biases as an extra input coordinate) into
+  two factors of equal singular values, and W_V W_O into U S and an orthonormal W_O (b_V folded into b_O)
+  (Elhage et al. 2021); needs learned positions and one key/value head per query head.
 
 A flag that would not be exact for an architecture is skipped, and the reason recorded: each call
 returns what it did, which the loader puts in model.load_info["processing"] and the summary.
@@ -22,9 +25,11 @@ from torch import nn
 
 
 def process_weights(model, fold_ln: bool = False, center_writing_weights: bool = False,
-                    center_unembed: bool = False, fold_value_biases: bool = False) -> list[str]:
+                    center_unembed: bool = False, fold_value_biases: bool = False,
+                    refactor_factored_attn_matrices: bool = False) -> list[str]:
     """Apply the flags in TransformerLens's order; returns one line per flag asked for."""
-    if model.weights.parts and (fold_ln or center_writing_weights or center_unembed or fold_value_biases):
+    if model.weights.parts and (fold_ln or center_writing_weights or center_unembed or fold_value_biases
+                                or refactor_factored_attn_matrices):
         raise ValueError("weight processing rewrites the stacked weights, which a dispatched model no longer has: "
                          "process before dispatch() (from_pretrained's flags do)")
     done = []
@@ -37,6 +42,8 @@ def process_weights(model, fold_ln: bool = False, center_writing_weights: bool =
             done.append(_center_unembed(model))
         if fold_value_biases:
             done.append(_fold_value_biases(model))
+        if refactor_factored_attn_matrices:
+            done.append(_refactor_factored_attn_matrices(model))
     return done
 
 
@@ -116,12 +123,37 @@ def _center_unembed(model) -> str:
 
 
 def _fold_value_biases(model) -> str:
-    cfg, w = model.cfg, model.weights
-    group = cfg.n_heads // cfg.n_kv_heads
-    b_V = w.head_view("b_V").repeat_interleave(group, dim=1)  # [n_layers, n_heads, d_head]
+    w = model.weights
+    b_V = w.head_view("b_V")  # [n_layers, n_heads, d_head], kv heads repeated per group
     w.b_O += torch.einsum("lhe,lhed->ld", b_V, w.head_view("W_O"))
     w.b_V.zero_()
     return "fold_value_biases: b_V folded into b_O"
+
+
+def _refactor_factored_attn_matrices(model) -> str:
+    from lens.factored import FactoredMatrix
+    cfg, w = model.cfg, model.weights
+    if cfg.positions == "rotary":
+        raise ValueError("refactor_factored_attn_matrices needs learned positions: with rotary the QK circuit "
+                         "depends on the query and key positions")
+    if cfg.n_kv_heads != cfg.n_heads:
+        raise ValueError("refactor_factored_attn_matrices needs one key/value head per query head (no GQA)")
+    W_Q, b_Q, W_K, b_K = (w.head_view(name) for name in ("W_Q", "b_Q", "_W_K", "_b_K"))  # views
+    q_eff = torch.cat([W_Q, b_Q[:, :, None]], dim=2)  # [n_layers, n_heads, d_model + 1, d_head]: x · 1
+    k_eff = torch.cat([W_K, b_K[:, :, None]], dim=2)
+    even = FactoredMatrix(q_eff, k_eff.mT).make_even()
+    k_even = even.B.mT
+    W_Q.copy_(even.A[:, :, :-1])
+    b_Q.copy_(even.A[:, :, -1])
+    W_K.copy_(k_even[:, :, :-1])
+    b_K.copy_(k_even[:, :, -1])
+    W_V, W_O = w.head_view("_W_V"), w.head_view("W_O")
+    w.b_O += torch.einsum("lhe,lhed->ld", w.head_view("_b_V"), W_O)
+    w.b_V.zero_()
+    U, S, V = FactoredMatrix(W_V, W_O).svd()
+    W_V.copy_(U * S[..., None, :])
+    W_O.copy_(V.mT)
+    return "refactor_factored_attn_matrices: W_Q/W_K made even, W_V = U S and W_O orthonormal per head"
 
 
 def _untie(model) -> None:
@@ -134,3 +166,4 @@ def _untie(model) -> None:
     for module in model.modules():  # the model, its weights and components share one config
         if getattr(module, "cfg", None) is not None:
             module.cfg = cfg
+    model._sync_cfg_device()

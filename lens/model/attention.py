@@ -101,22 +101,27 @@ class Attention(LayerComponent):
         return self.weights.head_view(name)[self.slot]
 
     W_Q = property(lambda self: self.W("W_Q"))
-    W_K = property(lambda self: self.W("W_K"))
-    W_V = property(lambda self: self.W("W_V"))
+    W_K = property(lambda self: self.W("W_K"), doc="[n_heads, d_model, d_head], kv heads repeated (GQA)")
+    W_V = property(lambda self: self.W("W_V"), doc="[n_heads, d_model, d_head], kv heads repeated (GQA)")
+    _W_K = property(lambda self: self.W("_W_K"), doc="[n_kv_heads, d_model, d_head], the stored kv heads")
+    _W_V = property(lambda self: self.W("_W_V"), doc="[n_kv_heads, d_model, d_head], the stored kv heads")
     W_O = property(lambda self: self.W("W_O"))
     b_Q = property(lambda self: self.W("b_Q"))
     b_K = property(lambda self: self.W("b_K"))
     b_V = property(lambda self: self.W("b_V"))
+    _b_K = property(lambda self: self.W("_b_K"))
+    _b_V = property(lambda self: self.W("_b_V"))
     b_O = property(lambda self: self.weights.stored("b_O")[self.slot])
-    QK = property(lambda self: qk_circuit(self.W_Q, self.W_K), doc="FactoredMatrix [n_heads, d_model, d_model]")
-    OV = property(lambda self: ov_circuit(self.W_V, self.W_O), doc="FactoredMatrix [n_heads, d_model, d_model]")
+    QK = property(lambda self: qk_circuit(self.W_Q, self._W_K), doc="FactoredMatrix [n_heads, d_model, d_model]")
+    OV = property(lambda self: ov_circuit(self._W_V, self.W_O), doc="FactoredMatrix [n_heads, d_model, d_model]")
 
     def project(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x [batch, pos, d_model] (shared) or [batch, pos, heads, d_model] (per head) → [batch, pos, heads, d_head]."""
         w, b = getattr(self.weights, name)[self.slot], getattr(self.weights, "b" + name[1:])[self.slot]
         if x.dim() == 3:
             return linear(x, w, b).unflatten(-1, (-1, self.cfg.d_head))
-        return torch.einsum("bphd,hde->bphe", x, self.W(name)) + self.W("b" + name[1:])
+        kv = "_" if name in ("W_K", "W_V") else ""  # per-head k/v inputs have n_kv_heads heads
+        return torch.einsum("bphd,hde->bphe", x, self.W(kv + name)) + self.W(kv + "b" + name[1:])
 
     def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         cfg, w = self.cfg, self.weights

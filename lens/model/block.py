@@ -19,14 +19,17 @@ class Block(LayerComponent):
         self.cfg, self.layer = cfg, layer
         self.adopt(weights, layer)
         if cfg.pre_norms:
-            self.ln1 = Norm(cfg)
-        if cfg.pre_norms and not cfg.shared_norm:
-            self.ln2 = Norm(cfg)
+            self.ln1 = Norm(cfg, weights=weights, name="ln1", slot=layer)
+        self.has_mlp = not cfg.attn_only  # TransformerLens's attention-only toy models have no MLP
+        if cfg.pre_norms and not cfg.shared_norm and self.has_mlp:
+            self.ln2 = Norm(cfg, weights=weights, name="ln2", slot=layer)
         self.mlp_norm = "ln1" if cfg.shared_norm else "ln2"
         if cfg.post_norms:
-            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
+            self.ln1_post = Norm(cfg, weights=weights, name="ln1_post", slot=layer)
+            self.ln2_post = Norm(cfg, weights=weights, name="ln2_post", slot=layer)
         self.attn = Attention(cfg, weights, layer)
-        self.mlp = MoE(cfg, weights, layer) if cfg.n_experts else MLP(cfg, weights, layer)
+        if self.has_mlp:
+            self.mlp = MoE(cfg, weights, layer) if cfg.n_experts else MLP(cfg, weights, layer)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         # Per-head copies of the attention input, built only when hooked (TransformerLens's
         # use_attn_in / use_split_qkv_input), pre-norm: [batch, pos, n_heads | n_kv_heads, d_model].
@@ -35,10 +38,11 @@ class Block(LayerComponent):
         self.hook_k_input = HookPoint()
         self.hook_v_input = HookPoint()
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        if not cfg.parallel_attn_mlp:
+        if self.has_mlp and not cfg.parallel_attn_mlp:
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
-        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], pre-norm
-        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        if self.has_mlp:
+            self.hook_mlp_in = HookPoint()  # [batch, pos, d_model], pre-norm
+            self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,8 @@ class Block(LayerComponent):
         if self.cfg.post_norms:
             attn_out = self.norm("ln1_post", attn_out)
         attn_out = self.hook_attn_out(attn_out)
+        if not self.has_mlp:
+            return self.hook_resid_post(resid_pre + attn_out)
         if self.cfg.parallel_attn_mlp:
             mlp_in = resid_pre
         else:

@@ -31,6 +31,20 @@ class KVCache:
         self.length = 0
         self.filled = [0] * cfg.n_layers  # positions written per layer; a layer that missed some is unusable
         self.padded = False  # whether any filled position is padding
+        self.frozen = False  # TransformerLens's freeze(): later forwards read the cache but do not extend it
+
+    @classmethod
+    def init_cache(cls, cfg: ModelConfig, device=None, batch_size: int = 1, dtype: torch.dtype | None = None
+                   ) -> KVCache:
+        """TransformerLens's constructor: room for the whole context window (n_ctx)."""
+        return cls(cfg, batch_size, cfg.n_ctx, dtype or torch.float32, device)
+
+    def freeze(self) -> None:
+        """Later forwards attend to what the cache holds but leave it as it is (TransformerLens)."""
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
 
     @property
     def max_len(self) -> int:
@@ -57,10 +71,13 @@ class KVCache:
                              f"skipped this layer. Start later forwards past layer {layer}, or rebuild the cache")
         keys, values = self.keys[layer], self.values[layer]
         end = self.length + k.shape[2]
+        if self.frozen:  # the step attends to the cached prefix and itself, and the cache is not extended
+            return torch.cat([keys[:, :, :self.length], k], dim=2), torch.cat([values[:, :, :self.length], v], dim=2)
         keys[:, :, self.length:end] = k
         values[:, :, self.length:end] = v
         self.filled[layer] = end
         return keys[:, :, :end], values[:, :, :end]
 
     def end_step(self, n: int) -> None:
-        self.length += n
+        if not self.frozen:
+            self.length += n

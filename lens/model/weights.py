@@ -18,6 +18,8 @@ from lens.config import ModelConfig
 
 # The parameters outside the blocks; every other one has a leading layer axis.
 GLOBAL_PARAMETERS = ("W_E", "W_pos", "W_U", "b_U", "ln_final_w", "ln_final_b")
+# Key/value weights: n_kv_heads stored, n_heads shown (see Weights.head_view).
+KV_NAMES = ("W_K", "W_V", "b_K", "b_V")
 
 
 def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -33,12 +35,12 @@ def parameter_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "W_in": (L, D, M), "b_in": (L, M),
         "W_out": (L, M, D), "b_out": (L, D),
         "ln_final_w": (D,),
-        "b_U": (V,),
+        "b_U": (cfg.d_vocab_out,),
     }
     if cfg.positions == "learned":
         shapes["W_pos"] = (cfg.n_ctx, D)
     if not cfg.tied_embeddings:
-        shapes["W_U"] = (D, V)
+        shapes["W_U"] = (D, cfg.d_vocab_out)
     if cfg.gated_mlp:
         shapes["W_gate"] = (L, D, M)
     if cfg.n_experts:  # every MLP weight gains an expert axis after the layer axis
@@ -138,12 +140,20 @@ class Weights(nn.Module):
 
     # Per-head views, with a leading layer axis. A block indexes them with [layer].
     def head_view(self, name: str) -> torch.Tensor:
-        cfg, w = self.cfg, self.stored(name)
+        """W_Q/W_O/b_Q [L, n_heads, ...]; W_K/W_V/b_K/b_V [L, n_heads, ...] as TransformerLens gives them
+        under grouped-query attention (each kv head repeated for the query heads that read it: a copy
+        then, a view otherwise); _W_K/_W_V/_b_K/_b_V [L, n_kv_heads, ...], the kv heads themselves (views)."""
+        cfg = self.cfg
+        if name in KV_NAMES:
+            raw = self.head_view("_" + name)
+            group = cfg.n_heads // cfg.n_kv_heads
+            return raw if group == 1 else raw.repeat_interleave(group, dim=1)
+        w = self.stored(name.removeprefix("_"))
         heads = cfg.n_heads if name in ("W_Q", "b_Q", "W_O") else cfg.n_kv_heads
         layers = w.shape[0]
         if name == "W_O":  # [L, H*E, D] -> [L, H, E, D]
             return w.view(layers, heads, cfg.d_head, cfg.d_model)
-        if name.startswith("b_"):  # [L, H*E] -> [L, H, E]
+        if name.removeprefix("_").startswith("b_"):  # [L, H*E] -> [L, H, E]
             return w.view(layers, heads, cfg.d_head)
         # [L, D, H*E] -> [L, H, D, E]
         return w.view(layers, cfg.d_model, heads, cfg.d_head).permute(0, 2, 1, 3)

@@ -48,6 +48,7 @@ from lens.patching.metrics import (
     Normalised,
     kl_to_clean,
     logit_diff,
+    next_token_loss,
     normalise,
     probability,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "layer_pos_head_vector_patch_setter",
     "layer_pos_patch_setter",
     "logit_diff",
+    "next_token_loss",
     "normalise",
     "patch",
     "path_patch",

@@ -210,6 +210,11 @@ def slot_of(spec: Target, index, fixed: dict, masks) -> tuple:
     return slot(layout(spec.hook), place)
 
 
+def corrupted_labels(model, side) -> list[str] | None:
+    """One prompt: the corrupted prompt's tokens, so a hotspot where the prompts differ names both."""
+    return None if isinstance(side.clean_value, torch.Tensor) else str_tokens(model, side.corrupted_tokens[:1])
+
+
 class CleanSide(NamedTuple):
     """What activation and attribution patching share: the token pair, the sweep, the clean run."""
 
@@ -225,7 +230,7 @@ class CleanSide(NamedTuple):
     clean_value: float | torch.Tensor  # [n_rows] over a prompt set
     metric: object
     masks: list[torch.Tensor] | None  # per-row position masks over a prompt set
-    labels: list[str]  # what the "pos" coordinates name
+    labels: list[str]  # what the "pos" coordinates name (one prompt: the clean prompt's tokens)
     texts: tuple[str, str]  # the clean and corrupted prompts as the result shows them
 
 
@@ -235,7 +240,7 @@ def clean_side(model, clean, corrupted, metric, what: str, positions, layers) ->
     clean_tokens, corrupted_tokens, mask, metric, ps, texts = pair_or_set(model, clean, corrupted, metric)
     clean_tokens, corrupted_tokens = clean_tokens.to(model.device), corrupted_tokens.to(model.device)
     spec, axes, coords, rows, fixed, masks = sweep_grid(model, what, corrupted_tokens.shape[1], layers, positions, ps)
-    tokens = str_tokens(model, corrupted_tokens[:1])
+    tokens = str_tokens(model, clean_tokens[:1])
     labels = tokens if ps is None else position_labels(ps, positions, tokens)
     hooks = [act_name(spec.hook, l) for l in coords[0]]
     with torch.no_grad():
@@ -277,4 +282,5 @@ def patch(model, clean, corrupted=None, metric=None, what: What = "resid_pre", p
     corrupted_value = sweep.base_value if sweep.base_rows is None else sweep.base_rows
     return patch_result("activation patching", what, metric_name(side.metric), *side.texts, scores,
                         side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
+                        corrupted_str_tokens=corrupted_labels(model, side),
                         per_row=per_row)

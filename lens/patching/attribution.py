@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from lens.hooks import act_name
-from lens.patching.activation import What, clean_side, slot_of
+from lens.patching.activation import What, clean_side, corrupted_labels, slot_of
 from lens.patching.engine import scalar
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
@@ -63,4 +63,5 @@ def attribution_patch(model, clean, corrupted=None, metric=None, what: What = "r
         scores = corrupted_value + estimates.view(shape)
     return patch_result("attribution patching (first-order estimate)", what, metric_name(metric), *side.texts,
                         scores, side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
+                        corrupted_str_tokens=corrupted_labels(model, side),
                         per_row=per_row)

@@ -294,7 +294,7 @@ def run_patches(model, tokens: torch.Tensor, metric, patches: Sequence[Patch], *
                 with model.hooks(fwd_hooks=hooks):
                     model(**_forward_input(model, tokens, base, base_kv, start, suffix, n), return_type=None,
                           attention_mask=None if mask is None else mask.repeat(n, 1))
-                logits = model.unembed(store[final][:, logit_positions])
+                logits = model.final_logits(store[final][:, logit_positions])
                 values[chunk] = _apply_metric(patched_metric, logits, n, vectorised)
                 for name in live:
                     for j, i in enumerate(chunk):

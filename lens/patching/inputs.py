@@ -41,6 +41,12 @@ def pair_tokens(model, clean, corrupted) -> tuple[torch.Tensor, torch.Tensor, to
             clean_mask is not None and not torch.equal(clean_mask, corrupted_mask)):
         raise ValueError("the clean and corrupted prompts are padded differently; each pair must have the same "
                          "token count")
+    same = (clean_tokens == corrupted_tokens).all(-1).nonzero()[:, 0].tolist()  # rows with nothing corrupted
+    if same:
+        which = "the clean and corrupted prompts are" if clean_tokens.shape[0] == 1 else \
+            f"rows {same[:10]} have clean and corrupted prompts that are"
+        raise ValueError(f"{which} identical, so there is no difference to patch; change the key information "
+                         f"in the corrupted prompt (e.g. swap the names)")
     return clean_tokens, corrupted_tokens, corrupted_mask
 
 

@@ -105,6 +105,36 @@ def probability(model, answer, pos: Positions = -1) -> Metric:
     return Metric(f"p({_describe(answer)})", lambda logits: _logit_of(_wide(logits).softmax(-1), answer_ids), pos)
 
 
+def next_token_loss(model, prompt, positions: Positions = None) -> Metric:
+    """The mean next-token loss (nats) of `prompt`'s own tokens, predicted from `positions` (default: every
+    position with a next token), mean over positions and the batch. Lower is better, so patching
+    restores it downwards and ablating a component it needs raises it: e.g. ablating induction heads on a
+    repeated sequence, scored over the repeat. prompt: a string, strings of one token count, or ids;
+    patching scores every run (clean, corrupted, patched) against the tokens given here."""
+    from lens.patching.inputs import to_tokens
+    tokens, mask = to_tokens(model, prompt)  # [batch, pos]
+    if mask is not None:
+        raise ValueError("next_token_loss needs prompts of one token count (their tokens are the targets)")
+    n_pos = tokens.shape[1]
+    if n_pos < 2:
+        raise ValueError("next-token loss needs a prompt of at least 2 tokens")
+    predicting = all_in_range(list(range(n_pos - 1)) if positions is None else
+                              [positions] if isinstance(positions, int) else positions,
+                              n_pos, "position", f"a prompt of {n_pos} tokens")
+    if n_pos - 1 in predicting:
+        raise ValueError(f"position {n_pos - 1} is the last token: nothing follows it to score; the loss "
+                         f"positions are 0..{n_pos - 2}")
+    targets = tokens[:, [p + 1 for p in predicting]]  # [batch, k]
+
+    def reduce(logits):  # [..., batch, k, d_vocab] → [..., batch]
+        logprobs = _wide(logits).log_softmax(-1)
+        index = targets.to(logits.device).expand(*logits.shape[:-1])[..., None]
+        return -logprobs.gather(-1, index)[..., 0].mean(-1)
+    span = f"{predicting[0]}..{predicting[-1]}" if predicting == list(range(predicting[0], predicting[-1] + 1)) \
+        else f"{len(predicting)} positions"
+    return Metric(f"next-token loss over positions {span}", reduce, predicting)
+
+
 def kl_to_clean(clean_logits: torch.Tensor, pos: Positions = -1) -> Metric:
     """KL(clean ‖ patched) of the next-token distributions at `pos` (None = every position),
     mean over positions and the batch; 0 when the patched run predicts exactly as the clean one.

@@ -156,4 +156,5 @@ def path_patch(model, clean, corrupted=None, metric=None, receivers="logits", se
         " → " + ", ".join(r.name for r in receivers)
     return patch_result(f"path patching{' (direct paths only)' if freeze_mlps else ''}", what, metric_name(metric),
                         *texts, scores, clean_value, corrupted_value, axes, coords,
-                        str_tokens(model, corrupted_tokens[:1]), top_k, names, per_row=per_row)
+                        str_tokens(model, clean_tokens[:1]), top_k, names, per_row=per_row,
+                        corrupted_str_tokens=None if ps is not None else str_tokens(model, corrupted_tokens[:1]))

@@ -39,12 +39,41 @@ class GridResult(Result):
     coords: list[list[int]]
     scores: list | float  # nested lists over the axes (a float when nothing is swept)
     baseline: float  # the metric without the intervention (the corrupted run for patching)
-    str_tokens: list[str]  # the tokens the positions refer to
+    str_tokens: list[str]  # the tokens the positions refer to (the clean prompt's, for patching)
     top: list[Hotspot]
     names: list[str] | None = None  # the components along a "component" axis
     n_rows: int = 1  # the prompts the figures are over (a prompt set's rows; scores are their mean)
     spread: GridSpread | None = None  # over a set: per-cell spread of the per-row values (see set_figures)
     row_scores: list | None = None  # [n_rows, *grid] each row's scores, on request (per_row=True)
+    corrupted_str_tokens: list[str] | None = None  # patching: the corrupted prompt's tokens
+
+    def _per_layer_values(self) -> torch.Tensor:
+        """[layer, pos]: what "restores most" ranks (normalised scores where there are, else effects)."""
+        return self.effects
+
+    def best_positions(self) -> list[int] | None:
+        """For a layer × position sweep: per swept layer, the position where the intervention moves the metric
+        most towards the clean run (the largest normalised score; for ablations the largest |effect|). The
+        movement of information (e.g. subject → last token) reads off this list. None for other sweeps."""
+        if self.axes != ["layer", "pos"]:
+            return None
+        values = self._per_layer_values().nan_to_num(nan=-torch.inf)
+        return [self.coords[1][int(i)] for i in values.argmax(-1)]
+
+    def position_runs(self) -> list[tuple[int, int, int]]:
+        """best_positions() as runs (first layer, last layer, position) of consecutive swept layers."""
+        best = self.best_positions() or []
+        runs: list[tuple[int, int, int]] = []
+        for layer, pos in zip(self.coords[0] if best else [], best, strict=True):
+            if runs and runs[-1][2] == pos:
+                runs[-1] = (runs[-1][0], layer, pos)
+            else:
+                runs.append((layer, layer, pos))
+        return runs
+
+    def token_at(self, pos: int) -> str:
+        """The token at a position, both forms where the clean and corrupted prompts differ: "' John'/' Mary'"."""
+        return position_token(pos, self.str_tokens, self.corrupted_str_tokens)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -99,6 +128,9 @@ class PatchResult(GridResult):
     def corrupted_value(self) -> float:
         return self.baseline
 
+    def _per_layer_values(self) -> torch.Tensor:
+        return self.effects if self.normalised is None else torch.tensor(self.normalised, dtype=torch.float64)
+
     def _values_to_plot(self) -> tuple[torch.Tensor, str]:
         if self.normalised is None:
             return self.effects, "change in the metric"
@@ -124,6 +156,9 @@ class AblationResult(GridResult):
     what: str
     metric: str
     prompt: str
+
+    def _per_layer_values(self) -> torch.Tensor:
+        return self.effects.abs()
 
     def _title(self) -> str:
         return f"{self.method} ablation of {self.what}: change in {self.metric}\non {self.prompt!r}"
@@ -151,16 +186,27 @@ def axis_labels(axis: str, coords: Sequence[int], str_tokens: Sequence[str],
     return [f"{AXIS_PREFIX.get(axis, axis)}{c}" for c in coords]
 
 
+def position_token(p: int, str_tokens: Sequence[str], corrupted_str_tokens: Sequence[str] | None = None) -> str:
+    """"' to'", or "' John'/' Mary'" (clean/corrupted) where the prompts differ at p; "" past the end."""
+    if p >= len(str_tokens):
+        return ""
+    clean = repr(str_tokens[p])
+    if corrupted_str_tokens is not None and p < len(corrupted_str_tokens) and corrupted_str_tokens[p] != str_tokens[p]:
+        return f"{clean}/{corrupted_str_tokens[p]!r}"
+    return clean
+
+
 def hotspot_label(axes: Sequence[str], index: Sequence[int], str_tokens: Sequence[str],
-                  names: Sequence[str] | None = None) -> str:
-    """"L9H6", "L4 @13 ' to'", "L3H2 @5 ' Mary'": the component first, then the position."""
+                  names: Sequence[str] | None = None, corrupted_str_tokens: Sequence[str] | None = None) -> str:
+    """"L9H6", "L4 @13 ' to'", "L3H2 @5 ' Mary'": the component first, then the position; where the clean
+    and corrupted tokens differ there, both: "L0 @10 ' John'/' Mary'" (clean/corrupted)."""
     parts = {axis: value for axis, value in zip(axes, index, strict=True)}
     if "component" in parts and names is not None:
         return names[parts["component"]]
     name = "".join(f"{AXIS_PREFIX.get(axis, axis)}{parts[axis]}" for axis in axes if axis not in ("pos", "src_pos"))
     if "pos" in parts:
         p = parts["pos"]
-        name += f" @{p} {str_tokens[p]!r}" if p < len(str_tokens) else f" @{p}"
+        name += f" @{p} {position_token(p, str_tokens, corrupted_str_tokens)}".rstrip()
     if "src_pos" in parts:
         name += f"→{parts['src_pos']}"
     return name
@@ -169,7 +215,7 @@ def hotspot_label(axes: Sequence[str], index: Sequence[int], str_tokens: Sequenc
 def hotspots(scores: torch.Tensor, baseline: float, axes: Sequence[str], coords: Sequence[Sequence[int]],
              str_tokens: Sequence[str], top_k: int, normalised: torch.Tensor | None = None,
              names: Sequence[str] | None = None, cells: GridSpread | None = None,
-             cell_means: torch.Tensor | None = None) -> list[Hotspot]:
+             cell_means: torch.Tensor | None = None, corrupted_str_tokens: Sequence[str] | None = None) -> list[Hotspot]:
     """The top_k entries by |score - baseline|."""
     effects = (scores - baseline).nan_to_num()
     order = effects.abs().flatten().argsort(descending=True)[:top_k]
@@ -178,7 +224,7 @@ def hotspots(scores: torch.Tensor, baseline: float, axes: Sequence[str], coords:
         rows = list(torch.unravel_index(torch.tensor(flat), scores.shape)) if scores.dim() else []
         index = [coords[a][int(r)] for a, r in enumerate(rows)]
         spots.append(Hotspot(
-            label=hotspot_label(axes, index, str_tokens, names) if axes else "all", index=index,
+            label=hotspot_label(axes, index, str_tokens, names, corrupted_str_tokens) if axes else "all", index=index,
             score=float(scores.flatten()[flat]), effect=float(effects.flatten()[flat]),
             normalised=None if normalised is None else float(normalised.flatten()[flat]),
             spread=None if cells is None else cells.cell(tuple(int(r) for r in rows),
@@ -216,9 +262,11 @@ def set_figures(row_scores: torch.Tensor, clean_rows: torch.Tensor, corrupted_ro
 def patch_result(method: str, what: str, metric: str, clean: str, corrupted: str, scores: torch.Tensor,
                  clean_value: float | torch.Tensor, corrupted_value: float | torch.Tensor, axes: Sequence[str],
                  coords: Sequence[Sequence[int]], str_tokens: Sequence[str], top_k: int,
-                 names: Sequence[str] | None = None, per_row: bool = False) -> PatchResult:
+                 names: Sequence[str] | None = None, per_row: bool = False,
+                 corrupted_str_tokens: Sequence[str] | None = None) -> PatchResult:
     """The result of a sweep; over a prompt set, clean_value and corrupted_value are per row [n_rows] and
-    scores [n_rows, *grid], and the result holds their means, the spread and (per_row) every row."""
+    scores [n_rows, *grid], and the result holds their means, the spread and (per_row) every row.
+    corrupted_str_tokens (one prompt): hotspots at a position where the prompts differ name both tokens."""
     scores = scores.double().cpu()
     cells = cell_means = row_scores = None
     n_rows = 1
@@ -234,6 +282,8 @@ def patch_result(method: str, what: str, metric: str, clean: str, corrupted: str
         method=method, what=what, metric=metric, clean=clean, corrupted=corrupted, axes=list(axes),
         coords=[list(c) for c in coords], scores=scores.tolist(), baseline=corrupted_value, clean_value=clean_value,
         normalised=None if normalised is None else normalised.tolist(), str_tokens=list(str_tokens),
-        top=hotspots(scores, corrupted_value, axes, coords, str_tokens, top_k, normalised, names, cells, cell_means),
+        top=hotspots(scores, corrupted_value, axes, coords, str_tokens, top_k, normalised, names, cells, cell_means,
+                     corrupted_str_tokens),
         names=None if names is None else list(names), n_rows=n_rows, spread=cells,
-        row_scores=row_scores.tolist() if per_row and row_scores is not None else None)
+        row_scores=row_scores.tolist() if per_row and row_scores is not None else None,
+        corrupted_str_tokens=None if corrupted_str_tokens is None else list(corrupted_str_tokens))

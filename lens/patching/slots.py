@@ -12,7 +12,8 @@ RESID = ("pos",)  # [batch, pos, d_model] (also attn_out, mlp_out, the norms' sc
 HEAD_VECTOR = ("pos", "head")  # [batch, pos, head, d_head]: q, k, v, z, rot_q, rot_k; result [.., d_model]
 PATTERN = ("head", "pos", "src_pos")  # [batch, head, dest_pos, src_pos]: pattern, attn_scores
 NEURON = ("pos", "neuron")  # [batch, pos, d_mlp]: mlp pre, pre_linear, post
-LAYOUTS = {"pattern": PATTERN, "attn_scores": PATTERN, "pre": NEURON, "post": NEURON, "pre_linear": NEURON,
+FEATURE = ("pos", "feature")  # [batch, pos, d_sae]: a spliced dictionary's features (lens/sae)
+LAYOUTS = {"sae_acts_pre": FEATURE, "sae_acts_post": FEATURE, "pattern": PATTERN, "attn_scores": PATTERN, "pre": NEURON, "post": NEURON, "pre_linear": NEURON,
            **{name: HEAD_VECTOR for name in ("q", "k", "v", "z", "result", "rot_q", "rot_k")}}
 
 

@@ -2,6 +2,9 @@
 
 from mcp_server.tools import (
     cache,
+    circuits,
+    datasets,
+    features,
     generation,
     heads,
     interventions,
@@ -10,4 +13,4 @@ from mcp_server.tools import (
     steering,
 )
 
-MODULES = (models, cache, reading, heads, interventions, steering, generation)
+MODULES = (models, cache, reading, heads, interventions, steering, generation, datasets, features, circuits)

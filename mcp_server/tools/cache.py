@@ -43,7 +43,7 @@ class CacheSummary(ToolResult):
     tokens: TokenWindow
     top_next: list[TokenProb] = Field(description="the model's top next tokens after the last position")
     resid_norms: list[Num] = Field(description="L2 norm of the residual stream at the last position after each layer")
-    cached: list[CachedGroup]
+    cached: list[CachedGroup] | None = Field(description="hook, count and shape of what was kept (with detail)")
     n_activations: int
     size_mib: Num
 
@@ -63,18 +63,14 @@ def run_with_cache(
     ctx: Context,
     prompt: Prompt,
     hooks: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]] | None, Field(
-        max_length=500, description="hook names to keep: full names ('blocks.3.attn.hook_z'), short names for "
-                                    "every layer ('resid_post', 'pattern') or templates ('blocks.{i}.hook_mlp_out'); "
-                                    "default: every hook point")] = None,
-    top_k: TopK = 10,
+        max_length=500, description="'blocks.3.attn.hook_z', 'resid_post' (every layer), "
+                                    "'blocks.{i}.hook_mlp_out'")] = None,
+    top_k: TopK = 5,
     detail: Detail = False,
     model: ModelRef = None,
 ) -> CacheSummary:
-    """Run a prompt once and keep its activations on the server under a cache handle. Returns the
-    top next tokens with probabilities, the residual norm after each layer, the tokens, and what
-    was cached (hook, count, shape) with its size. Use it to look at a prompt before choosing an
-    analysis, then read single activations with get_activation. Caches count against the cache
-    memory budget; older ones are dropped first."""
+    """Run a prompt, keeping its activations under a handle for get_activation; the top next tokens
+    and residual norm per layer. A first look at a prompt."""
     state = state_of(ctx)
     with state.using(model) as entry, torch.no_grad():
         m = entry.model
@@ -99,7 +95,8 @@ def run_with_cache(
     first = top_next[0]
     return CacheSummary(
         model=entry.handle, cache=stored.handle, tokens=token_window(str_tokens, detail), top_next=top_next,
-        resid_norms=norms, cached=_groups(cache), n_activations=len(cache), size_mib=stored.nbytes / 2**20,
+        resid_norms=norms, cached=_groups(cache) if detail else None, n_activations=len(cache),
+        size_mib=stored.nbytes / 2**20,
         interpretation=(f"cached {len(cache)} activations ({mib(stored.nbytes)}) of {n_pos} tokens as "
                         f"{stored.handle!r}; top next token {first.token!r} (p {first.prob:.3f}); residual norm "
                         f"at the last position {norms[0]:.1f} after L0, {norms[-1]:.1f} after L{len(norms) - 1}"))
@@ -133,19 +130,17 @@ class ActivationSlice(ToolResult):
 
 def get_activation(
     ctx: Context,
-    cache: Annotated[str, Field(min_length=1, max_length=100, description="a cache handle from run_with_cache")],
+    cache: Annotated[str, Field(min_length=1, max_length=100, description="handle from run_with_cache")],
     hook: Annotated[str, Field(min_length=1, max_length=200, description=(
-        "a hook name ('blocks.5.attn.hook_z') or a short name with `layer` ('z', 'resid_post', 'pattern')"))],
-    layer: Annotated[int | None, Field(ge=-1000, le=1000, description="the layer, for a short hook name")] = None,
-    pos: Annotated[int | None, Field(ge=-100_000, le=100_000, description=(
-        "keep one position (the query position for attention patterns)"))] = None,
-    head: Annotated[int | None, Field(ge=0, le=10_000, description="keep one head")] = None,
+        "'blocks.5.attn.hook_z', or a short name ('z') with layer"))],
+    layer: Annotated[int | None, Field(ge=-1000, le=1000)] = None,
+    pos: Annotated[int | None, Field(ge=-100_000, le=100_000, description="one position (query, for patterns)")] = None,
+    head: Annotated[int | None, Field(ge=0, le=10_000)] = None,
     top_k: TopK = 10,
     detail: Detail = False,
 ) -> ActivationSlice:
-    """Read a slice of a cached activation as a summary: shape, norm, mean/std/min/max, the entries
-    of largest magnitude (top neurons for MLP hooks), heads ranked by norm, and the raw values only
-    when the slice is small (64 numbers, or 2048 with detail). Narrow it with pos and head."""
+    """Summarise a cached activation (narrowed by pos, head): shape, norm, stats, largest entries,
+    heads by norm; values if ≤ 64 (2048 with detail)."""
     state = state_of(ctx)
     stored = state.cache(cache)
     with state.using(stored.model_handle) as entry:

@@ -13,12 +13,11 @@ from mcp_server.schemas import ModelRef, Prompt, ToolResult
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import READ_ONLY
 
-MaxNewTokens = Annotated[int, Field(ge=1, le=512, description="the most tokens to generate")]
-Temperature = Annotated[float, Field(gt=0, le=10, description="sampling temperature (do_sample only)")]
-SamplingTopK = Annotated[int | None, Field(ge=1, le=100_000, description="sample among the k likeliest tokens")]
-TopP = Annotated[float | None, Field(gt=0, le=1, description="nucleus sampling mass")]
-StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(
-    max_length=10, description="stop once the generated text contains one of these")]
+MaxNewTokens = Annotated[int, Field(ge=1, le=512)]
+Temperature = Annotated[float, Field(gt=0, le=10)]
+SamplingTopK = Annotated[int | None, Field(ge=1, le=100_000)]
+TopP = Annotated[float | None, Field(gt=0, le=1)]
+StopStrings = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=10)]
 
 
 class Generation(ToolResult):
@@ -43,18 +42,17 @@ def generate(
     ctx: Context,
     prompt: Prompt,
     max_new_tokens: MaxNewTokens = 32,
-    do_sample: Annotated[bool, Field(description="sample (True) or take the likeliest token (False)")] = False,
+    do_sample: bool = False,
     temperature: Temperature = 1.0,
     top_k: SamplingTopK = None,
     top_p: TopP = None,
-    repetition_penalty: Annotated[float, Field(gt=0, le=10, description="1.0 = none")] = 1.0,
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0,
     stop_strings: StopStrings = (),
-    seed: Annotated[int | None, Field(ge=0, le=2**31 - 1, description="makes sampling reproducible")] = None,
+    seed: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None,
     model: ModelRef = None,
 ) -> Generation:
-    """Continue a prompt with the model (greedy unless do_sample), stopping at EOS, a stop string,
-    or max_new_tokens. Use it to see what the model does with a prompt before analysing why, or
-    to check an intervention's effect on behaviour."""
+    """Continue a prompt (greedy unless do_sample) to EOS, a stop string or max_new_tokens: what the
+    model does, before asking why."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model

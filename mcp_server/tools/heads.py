@@ -1,4 +1,4 @@
-"""Finding heads by what they attend to: induction (with the induction loss), previous-token, duplicate-token."""
+"""detect_heads: heads by what they attend to: induction (with the induction loss), previous-token, duplicate-token."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from mcp_server.schemas import ModelRef, Num, Part, Plot, ToolResult, TopK, head
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import PLOTTING
 
-SeqLen = Annotated[int, Field(ge=2, le=512, description="length of the random sequence that is repeated")]
-Batch = Annotated[int, Field(ge=1, le=32, description="how many random sequences")]
+SeqLen = Annotated[int, Field(ge=2, le=512, description="length of the repeated random sequence")]
+Batch = Annotated[int, Field(ge=1, le=32, description="random sequences")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
@@ -40,25 +40,17 @@ class HeadDetection(ToolResult):
     on: str = Field(description="what the scores were computed on")
     top: list[HeadScore] = Field(description="heads by score (mean attention to the expected key, 0..1)")
     median: Num = Field(description="the median head's score, for scale")
+    loss_first_copy: Num | None = Field(description="induction: mean next-token loss on the first copy (nats)")
+    loss_second_copy: Num | None = Field(description="induction: the same on the repeat; low when heads copy")
+    loss_curve: list[Num] | None = Field(description="induction: per-position loss in up to 10 bins, both copies")
     plot: Plot | None
-
-
-def _detection(entry, scores: HeadScores, top_k: int, drawn: Plot | None) -> HeadDetection:
-    if torch.tensor(scores.scores).isnan().any():
-        raise ToolError(f"the {scores.kind} scores are undefined on {scores.on}: no query position has a key to "
-                        f"score (BOS excluded); use a longer prompt or sequence")
-    top = _top(scores, top_k)
-    return HeadDetection(model=entry.handle, kind=scores.kind, on=scores.on, top=top, median=scores.median, plot=drawn,
-                         interpretation=(f"{top[0].head} has the top {scores.kind.replace('_', '-')} score, "
-                                         f"{top[0].score:.2f} (next {', '.join(f'{h.head} {h.score:.2f}' for h in top[1:3])}; "
-                                         f"median head {scores.median:.3f})"))
 
 
 def detect_heads(
     ctx: Context,
-    kind: Literal["previous_token", "duplicate_token", "induction"] = "previous_token",
+    kind: Literal["induction", "previous_token", "duplicate_token"] = "induction",
     prompt: Annotated[str | None, Field(min_length=1, max_length=50_000, description=(
-        "text for previous_token scores; default: a built-in paragraph"))] = None,
+        "text for previous_token; default: a built-in paragraph"))] = None,
     seq_len: SeqLen = 40,
     batch: Batch = 4,
     seed: Seed = 0,
@@ -67,53 +59,28 @@ def detect_heads(
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> HeadDetection:
-    """Score every head as a previous-token head (attends to the token before, on natural text), a
-    duplicate-token head (attends to the earlier copy of the current token) or an induction head
-    (attends to the token after the earlier copy), on repeated random tokens; BOS is excluded.
-    Returns the top heads and a layer x head heatmap. Use it to map a model's attention heads by
-    role; find_induction_heads adds the induction loss."""
+    """Score every head as induction (with the loss on the first vs repeated copy), duplicate-token
+    (both on repeated random tokens) or previous-token (on text); the top heads."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"heads-{kind}", plot_path)
     with state.using(model) as entry:
         scores = lens_detect_heads(entry.model, kind, seq_len=seq_len, batch=batch, prompt=prompt, seed=seed)
+        loss = induction_loss(entry.model, seq_len=seq_len, batch=batch, seed=seed) if kind == "induction" else None
     drawn = state.plots.draw(lambda path: plots.plot_head_scores(scores, path), target)
-    return _detection(entry, scores, top_k, drawn)
+    if torch.tensor(scores.scores).isnan().any():
+        raise ToolError(f"the {scores.kind} scores are undefined on {scores.on}: no query position has a key to "
+                        f"score (BOS excluded); use a longer prompt or sequence")
+    top = _top(scores, top_k)
+    said = (f"{top[0].head} has the top {scores.kind.replace('_', '-')} score, {top[0].score:.2f} (next "
+            f"{', '.join(f'{h.head} {h.score:.2f}' for h in top[1:3])}; median head {scores.median:.3f})")
+    curve = None if loss is None else torch.tensor(loss.per_position)
+    return HeadDetection(
+        model=entry.handle, kind=scores.kind, on=scores.on, top=top, median=scores.median, plot=drawn,
+        loss_first_copy=None if loss is None else loss.first_half,
+        loss_second_copy=None if loss is None else loss.second_half,
+        loss_curve=None if curve is None else [float(c.mean()) for c in curve.tensor_split(min(10, len(curve)))],
+        interpretation=said if loss is None else (f"{said}; loss {loss.first_half:.2f} on the first copy, "
+                                                  f"{loss.second_half:.2f} on the repeat"))
 
 
-class InductionHeads(HeadDetection):
-    loss_first_copy: Num = Field(description="mean next-token loss on the first copy of the random tokens (nats)")
-    loss_second_copy: Num = Field(description="the same on the repeated copy: low when induction heads copy")
-    loss_curve: list[Num] = Field(description="the per-position loss averaged in up to 10 equal bins, both copies")
-
-
-def find_induction_heads(
-    ctx: Context,
-    seq_len: SeqLen = 40,
-    batch: Batch = 4,
-    seed: Seed = 0,
-    top_k: TopK = 10,
-    plot: DrawPlot = True,
-    plot_path: PlotPath = None,
-    model: ModelRef = None,
-) -> InductionHeads:
-    """Find induction heads: score each head by its attention, on a repeated random sequence, from
-    each token of the second copy to the token that followed it in the first, and measure the
-    induction loss (next-token loss on the first vs the repeated copy). Use it as the standard
-    first survey of a model's in-context copying circuitry. Plot: a layer x head heatmap."""
-    state = state_of(ctx)
-    target = state.plots.target(plot, "induction", plot_path)
-    with state.using(model) as entry:
-        scores = lens_detect_heads(entry.model, "induction", seq_len=seq_len, batch=batch, seed=seed)
-        loss = induction_loss(entry.model, seq_len=seq_len, batch=batch, seed=seed)
-    drawn = state.plots.draw(lambda path: plots.plot_head_scores(scores, path), target)
-    found = _detection(entry, scores, top_k, drawn)
-    curve = torch.tensor(loss.per_position)
-    bins = [float(chunk.mean()) for chunk in curve.tensor_split(min(10, len(curve)))]
-    return InductionHeads(
-        **found.model_dump(exclude={"interpretation"}), loss_first_copy=loss.first_half,
-        loss_second_copy=loss.second_half, loss_curve=bins,
-        interpretation=(f"{found.interpretation}; loss {loss.first_half:.2f} on the first copy, "
-                        f"{loss.second_half:.2f} on the repeat"))
-
-
-TOOLS = [(find_induction_heads, PLOTTING), (detect_heads, PLOTTING)]
+TOOLS = [(detect_heads, PLOTTING)]

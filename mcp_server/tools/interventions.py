@@ -7,13 +7,15 @@ last position (the answer's logit alone without a baseline), or the answer's pro
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from lens import patching
+from lens.analysis.common import spacing_warnings
+from lens.data import PromptSet
 from lens.patching.result import GridResult
 from mcp_server import checks
 from mcp_server.plots import DrawPlot, PlotPath
@@ -24,33 +26,43 @@ from mcp_server.schemas import (
     Num,
     Part,
     Plot,
-    Positions,
     Prompt,
-    Token,
     ToolResult,
     TopK,
+    warned,
+)
+from mcp_server.sets import (
+    DatasetRef,
+    Rows,
+    SetInfo,
+    SetPositions,
+    SpreadPart,
+    TokenRows,
+    figure,
+    prompt_set,
+    rows_said,
+    set_info,
+    spread_part,
 )
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import PLOTTING
 
 Target = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads", "heads_by_pos",
                  "q", "k", "v", "pattern", "q_by_pos", "k_by_pos", "v_by_pos", "pattern_by_pos"]
-Corrupted = Annotated[str, Field(min_length=1, max_length=50_000, description=(
-    "the prompt with the key information changed; same token count as clean"))]
-MetricKind = Annotated[Literal["logit_diff", "probability"], Field(
-    description="logit_diff: logit(answer) - logit(baseline) (the answer's logit without a baseline); "
-                "probability: p(answer)")]
-Baseline = Annotated[Token | None, Field(description="the token the answer competes with (e.g. the other name)")]
-ComponentName = Annotated[str, Field(min_length=1, max_length=40, description=(
-    "'L9H6' (head), 'L9H6.q' (its query; .k .v .qkv), 'L3.mlp', 'L3.attn', 'L3N1031' (neuron), 'logits'"))]
+# described once in the server's instructions
+MetricKind = Literal["logit_diff", "probability", "loss"]
+Span = Annotated[list[Annotated[int, Field(ge=-100_000, le=100_000)]] | None, Field(min_length=2, max_length=2)]
+ComponentName = Annotated[str, Field(min_length=1, max_length=40)]  # 'L9H6', 'L9H6.q', 'L3.mlp', 'L3N1031', ...
+SET_KINDS = {"logit_diff": "logit_diff", "probability": "prob"}  # metric → lens.data.row_metric kind
 
 
 class Hotspot(Part):
-    label: str = Field(description="e.g. 'L9H6', \"L4 @13 ' to'\" (layer 4, position 13)")
+    label: str = Field(description="'L9H6', \"L4 @13 ' to'\"; \"' John'/' Mary'\" where clean/corrupted differ")
     index: list[int] = Field(description="coordinates along `axes`")
-    score: Num = Field(description="the metric with this intervention")
+    score: Num = Field(description="the metric with this intervention (mean over rows)")
     effect: Num = Field(description="score minus the baseline run's metric")
     normalised: Num | None = Field(None, description="0 = corrupted run, 1 = clean run (patching only)")
+    spread: SpreadPart | None = Field(None, description="over a set: of `normalised` (else `effect`) per row")
 
 
 class InterventionSummary(ToolResult):
@@ -60,6 +72,10 @@ class InterventionSummary(ToolResult):
     axes: list[str]
     shape: list[int] = Field(description="how many were swept along each axis")
     hotspots: list[Hotspot] = Field(description="the largest effects, largest |effect| first")
+    best_pos: list[int] | None = Field(description="layer x position sweeps: per swept layer, the position that "
+                                                   "restores most (ablation: changes most)")
+    set: SetInfo | None = Field(description="over a set: rows used and dropped")
+    warnings: list[str] | None
     plot: Plot | None
 
 
@@ -72,7 +88,27 @@ class AblationSummary(InterventionSummary):
     unablated_value: Num = Field(description="the metric with nothing ablated")
 
 
-def _metric(model, metric: str, answer: str, baseline: str | None):
+def _metric(model, metric: str, answer, baseline, prompt, span: list[int] | None, ps):
+    """The metric a call asks for: a lens metric for one prompt, a row-metric kind over a set."""
+    if metric == "loss":
+        if ps is not None:
+            raise ToolError("metric='loss' scores one prompt's own next tokens; over a set use logit_diff (the "
+                            "induction dataset's answer is each row's next token)")
+        if answer is not None or baseline is not None:
+            raise ToolError("metric='loss' scores the prompt's own next tokens; leave answer and baseline out")
+        n_pos = len(model.to_str_tokens(prompt))
+        first, last = (0, n_pos - 2) if span is None else (checks.position(n_pos, i) for i in span)
+        if first > last:
+            raise ToolError(f"span {span} is empty: give [first, last] with first <= last")
+        return patching.next_token_loss(model, prompt, list(range(first, last + 1)))
+    if ps is not None:
+        if metric == "logit_diff" and ps.baseline_ids is None:
+            return "logit"
+        if metric == "probability" and ps.baseline_ids is not None:
+            raise ToolError("metric='probability' scores the answer alone; leave baseline out or use logit_diff")
+        return SET_KINDS[metric]
+    if answer is None:
+        raise ToolError(f"metric={metric!r} scores an answer token: give answer (e.g. ' Mary'), or metric='loss'")
     if metric == "probability":
         if baseline is not None:
             raise ToolError("metric='probability' scores the answer alone; leave baseline out or use logit_diff")
@@ -80,19 +116,52 @@ def _metric(model, metric: str, answer: str, baseline: str | None):
     return patching.logit_diff(model, answer, baseline)
 
 
-def _pair(model, clean: str, corrupted: str) -> int:
+def _pair(model, clean: str, corrupted: str | None) -> int:
     """The shared token count of a clean/corrupted pair, or a ToolError showing both splits."""
+    if corrupted is None:
+        raise ToolError("give the corrupted prompt (clean with the key information changed), or dataset=<handle>")
     clean_tokens, corrupted_tokens = model.to_str_tokens(clean), model.to_str_tokens(corrupted)
     if len(clean_tokens) != len(corrupted_tokens):
         raise ToolError(f"the clean prompt is {len(clean_tokens)} tokens and the corrupted one {len(corrupted_tokens)}; "
                         f"patching pairs them position by position, so they need the same length. clean: "
                         f"{clean_tokens[:80]}; corrupted: {corrupted_tokens[:80]}. Change words that split differently.")
+    if clean_tokens == corrupted_tokens:
+        raise ToolError("the clean and corrupted prompts are identical, so there is nothing to patch; change the "
+                        "key information in the corrupted one (e.g. swap the names)")
     return checks.context(model, len(clean_tokens))
 
 
+class Call(NamedTuple):
+    """What a call runs on: one prompt (ps None, the checked positions) or a set (positions as given)."""
+
+    subject: object  # the clean prompt, or the PromptSet
+    corrupted: str | None
+    ps: PromptSet | None
+    positions: list | None
+    metric: object
+    warnings: list[str]
+
+
+def _call(state, entry, dataset, clean, corrupted, answer, baseline, positions, metric, span,
+          needs_corrupted: bool = True) -> Call:
+    """Resolve a call's prompt arguments into one prompt or a set, its positions, metric and warnings."""
+    m = entry.model
+    ps = prompt_set(state, entry, dataset, clean, corrupted, answer, baseline, needs_corrupted)
+    if ps is None:
+        n_pos = _pair(m, clean, corrupted) if needs_corrupted else checks.context(m, len(m.to_str_tokens(clean)))
+        if positions is not None and any(isinstance(p, str) for p in positions):
+            raise ToolError(f"positions {positions}: names ('S2', 'END') are for sets (dataset=...); one prompt "
+                            f"takes indices")
+        return Call(clean, corrupted, None, checks.positions(n_pos, positions),
+                    _metric(m, metric, answer, baseline, clean, span, None), spacing_warnings(m, clean, [answer, baseline]))
+    first = ps.rows[0]
+    return Call(ps, None, ps, positions, _metric(m, metric, None, None, None, span, ps),
+                spacing_warnings(m, first.clean, [first.answer, first.baseline]))
+
+
 def _hotspots(result: GridResult) -> list[Hotspot]:
-    return [Hotspot(label=h.label, index=h.index, score=h.score, effect=h.effect, normalised=h.normalised)
-            for h in result.top]
+    return [Hotspot(label=h.label, index=h.index, score=h.score, effect=h.effect, normalised=h.normalised,
+                    spread=spread_part(h.spread)) for h in result.top]
 
 
 def _where(result: GridResult, index: list[int]) -> str:
@@ -100,7 +169,7 @@ def _where(result: GridResult, index: list[int]) -> str:
     parts = []
     for axis, value in zip(result.axes, index, strict=True):
         if axis == "pos":
-            parts.append(f"position {value} ({result.str_tokens[value]!r})")
+            parts.append(f"position {value} ({result.token_at(value)})")
         elif axis == "component":
             parts.append(result.names[value])
         else:
@@ -108,7 +177,16 @@ def _where(result: GridResult, index: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _patch_summary(entry, result, drawn: Plot | None) -> PatchSummary:
+def _flow(result: GridResult) -> str:
+    """'; per layer the best position is 5 (' Tower') at L0-L14, 12 (' in') at L15-L29' for layer x position sweeps."""
+    runs = result.position_runs()
+    if not runs:
+        return ""
+    said = ", ".join(f"{p} ({result.token_at(p)}) at L{a}" + (f"-L{b}" if b != a else "") for a, b, p in runs[:6])
+    return f"; per layer the best position is {said}" + (" ..." if len(runs) > 6 else "")
+
+
+def _patch_summary(entry, result, drawn: Plot | None, call: Call) -> PatchSummary:
     top = result.top[0]
     where = f"{result.what} at {_where(result, top.index)}"
     if result.method.startswith("path patching"):  # what: "senders → receivers"; senders named as components
@@ -116,174 +194,175 @@ def _patch_summary(entry, result, drawn: Plot | None) -> PatchSummary:
         sender = f"{top.label}.mlp" if senders == "mlps" else top.label if result.axes else senders
         where = f"the path from {sender} to {receivers}"
     if top.normalised is not None and math.isfinite(top.normalised):
-        said = f"{where} restores {round(100 * top.normalised) or 0}% of the clean {result.metric}"
+        said = f"{where} restores {figure(top.normalised, top.spread, percent=True)} of the clean {result.metric}"
     else:
-        said = f"{where} changes {result.metric} by {top.effect:+.3f} (clean and corrupted score alike)"
+        said = f"{where} changes {result.metric} by {figure(top.effect, top.spread)} (clean and corrupted score alike)"
     return PatchSummary(
         model=entry.handle, method=result.method, what=result.what, metric=result.metric, axes=result.axes,
-        shape=[len(c) for c in result.coords], hotspots=_hotspots(result), plot=drawn,
-        clean_value=result.clean_value, corrupted_value=result.corrupted_value,
-        interpretation=f"{said} (clean {result.clean_value:+.3f}, corrupted {result.corrupted_value:+.3f})")
+        shape=[len(c) for c in result.coords], hotspots=_hotspots(result), best_pos=result.best_positions(),
+        set=set_info(call.ps), warnings=call.warnings or None, plot=drawn, clean_value=result.clean_value,
+        corrupted_value=result.corrupted_value,
+        interpretation=warned(f"{said} (clean {result.clean_value:+.3f}, corrupted {result.corrupted_value:+.3f})"
+                              f"{_flow(result)}{rows_said(call.ps)}", call.warnings))
 
 
-def _sweep_size(model, what: str, n_pos: int, layers, positions) -> int:
-    """How many patches a patch() sweep runs (for progress)."""
+def _sweep_size(model, what: str, n_pos: int, layers, positions, n_rows: int = 1) -> int:
+    """How many rows of forwards a patch() sweep runs (for progress)."""
     axes = patching.TARGETS[what].axes if what in patching.TARGETS else ()
     count = model.cfg.n_layers if layers is None else len(layers)
     for axis in axes:
         count *= (n_pos if positions is None else len(positions)) if axis == "pos" else model.cfg.n_heads
-    return count
+    return (count + 2) * n_rows
 
 
 def patch(
     ctx: Context,
-    clean: Prompt,
-    corrupted: Corrupted,
-    answer: Token,
-    baseline: Baseline = None,
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     what: Target = "resid_pre",
     layers: Layers = None,
-    positions: Positions = None,
+    positions: SetPositions = None,
     metric: MetricKind = "logit_diff",
+    span: Span = None,
     top_k: TopK = 10,
     plot: DrawPlot = True,
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> PatchSummary:
-    """Activation patching: run the corrupted prompt with one activation at a time taken from the
-    clean run, and report how much of the clean metric each patch restores (normalised: 0 =
-    corrupted, 1 = clean). `what`: resid_pre / resid_mid / resid_post / attn_out / mlp_out sweep
-    layer x position; heads (each head's output, all positions) layer x head; heads_by_pos, q / k /
-    v / pattern (and their _by_pos forms) per head. Use it for causal evidence of where the
-    information that separates the prompts lives (IOI: clean '... John gave a drink to', answer
-    ' Mary', baseline ' John'; corrupted with the names swapped). Reports progress on long sweeps.
-    Plot: layer x position or layer x head heatmap of the normalised metric."""
+    """Activation patching: the corrupted run with one clean activation at a time; the share of the
+    clean metric each restores. IOI: clean '...John gave a drink to', names swapped, answer ' Mary',
+    baseline ' John'."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"patch-{what}", plot_path)
     with state.using(model) as entry:
         m = entry.model
-        n_pos = _pair(m, clean, corrupted)
-        layers, positions = checks.layers(m, layers), checks.positions(n_pos, positions)
-        with forward_progress(ctx, m, _sweep_size(m, what, n_pos, layers, positions) + 2, f"patching {what}"):
-            result = patching.patch(m, clean, corrupted, _metric(m, metric, answer, baseline), what=what,
-                                    positions=positions, layers=layers, top_k=top_k, progress=False)
-    return _patch_summary(entry, result, state.plots.draw(result.plot, target))
+        call = _call(state, entry, dataset, clean, corrupted, answer, baseline, positions, metric, span)
+        layers = checks.layers(m, layers)
+        n_pos = call.ps.n_pos if call.ps is not None else len(m.to_str_tokens(clean))
+        n_rows = 1 if call.ps is None else len(call.ps)
+        with forward_progress(ctx, m, _sweep_size(m, what, n_pos, layers, call.positions, n_rows), f"patching {what}"):
+            result = patching.patch(m, call.subject, call.corrupted, call.metric, what=what, positions=call.positions,
+                                    layers=layers, top_k=top_k, progress=False)
+    return _patch_summary(entry, result, state.plots.draw(result.plot, target), call)
 
 
 def attribution_patch(
     ctx: Context,
-    clean: Prompt,
-    corrupted: Corrupted,
-    answer: Token,
-    baseline: Baseline = None,
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     what: Target = "resid_pre",
     layers: Layers = None,
-    positions: Positions = None,
+    positions: SetPositions = None,
     metric: MetricKind = "logit_diff",
+    span: Span = None,
     top_k: TopK = 10,
     plot: DrawPlot = True,
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> PatchSummary:
-    """Attribution patching: the gradient (first-order) estimate of `patch`, for every layer,
-    position and head at once from two forwards and one backward. Same arguments and result as
-    patch. Use it to survey a large sweep cheaply, then confirm the hotspots with patch; it is
-    least accurate where the metric saturates (e.g. whole residual streams)."""
+    """patch's gradient estimate, every layer/position/head from one backward: survey cheaply,
+    confirm with patch (least accurate where the metric saturates). Same arguments and result."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"attribution-patch-{what}", plot_path)
     with state.using(model) as entry:
         m = entry.model
-        n_pos = _pair(m, clean, corrupted)
-        result = patching.attribution_patch(m, clean, corrupted, _metric(m, metric, answer, baseline), what=what,
-                                            positions=checks.positions(n_pos, positions),
-                                            layers=checks.layers(m, layers), top_k=top_k)
-    return _patch_summary(entry, result, state.plots.draw(result.plot, target))
+        call = _call(state, entry, dataset, clean, corrupted, answer, baseline, positions, metric, span)
+        result = patching.attribution_patch(m, call.subject, call.corrupted, call.metric, what=what,
+                                            positions=call.positions, layers=checks.layers(m, layers), top_k=top_k)
+    return _patch_summary(entry, result, state.plots.draw(result.plot, target), call)
 
 
 def path_patch(
     ctx: Context,
-    clean: Prompt,
-    corrupted: Corrupted,
-    answer: Token,
     receivers: Annotated[list[ComponentName], Field(min_length=1, max_length=32, description=(
-        "where the paths end: heads' inputs ('L9H6.q', 'L9H6.qkv'), MLPs ('L9.mlp'), or ['logits'] alone"))],
-    baseline: Baseline = None,
+        "head inputs ('L9H6.q'), MLPs ('L9.mlp') or ['logits']"))],
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     senders: Annotated[Literal["heads", "mlps"] | list[ComponentName], Field(description=(
-        "'heads' (every head: layer x head), 'mlps' (every MLP), or a list of components"))] = "heads",
-    together: Annotated[bool, Field(description="patch the listed senders all at once")] = False,
-    positions: Positions = None,
-    freeze_mlps: Annotated[bool, Field(description="hold MLPs at their corrupted output (direct paths only)")] = False,
+        "'heads', 'mlps' (each) or a list"))] = "heads",
+    together: Annotated[bool, Field(description="the listed senders at once")] = False,
+    positions: SetPositions = None,
+    freeze_mlps: Annotated[bool, Field(description="direct paths only")] = False,
     metric: MetricKind = "logit_diff",
+    span: Span = None,
     top_k: TopK = 10,
     plot: DrawPlot = True,
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> PatchSummary:
-    """Path patching: the effect of each sender (clean value) on the metric through the receivers
-    only, with every other head frozen at its corrupted value (Wang et al. 2022, IOI). Use it
-    once patch has found important heads, to ask which earlier heads act on them, e.g. senders
-    'heads' into receivers ['L9H6.q', 'L9H9.q'] for the S-inhibition heads of IOI."""
+    """Path patching (Wang et al. 2022): each sender's clean effect through the receivers only,
+    other heads frozen. Which heads drive a head patch found: receivers ['L9H6.q']."""
     state = state_of(ctx)
     target = state.plots.target(plot, "path-patch", plot_path)
     with state.using(model) as entry:
         m = entry.model
-        n_pos = _pair(m, clean, corrupted)
+        call = _call(state, entry, dataset, clean, corrupted, answer, baseline, positions, metric, span)
         n_senders = m.cfg.n_layers * m.cfg.n_heads if senders == "heads" else \
             m.cfg.n_layers if senders == "mlps" else len(senders)
-        with forward_progress(ctx, m, 2 * n_senders + 3, "path patching"):
-            result = patching.path_patch(
-                m, clean, corrupted, _metric(m, metric, answer, baseline), receivers, senders, together=together,
-                positions=checks.positions(n_pos, positions), freeze_mlps=freeze_mlps, top_k=top_k, progress=False)
+        n_rows = 1 if call.ps is None else len(call.ps)
+        with forward_progress(ctx, m, (2 * n_senders + 3) * n_rows, "path patching"):
+            result = patching.path_patch(m, call.subject, call.corrupted, call.metric, receivers, senders,
+                                         together=together, positions=call.positions, freeze_mlps=freeze_mlps,
+                                         top_k=top_k, progress=False)
     drawn = state.plots.draw(result.plot, target) if result.axes else None
-    return _patch_summary(entry, result, drawn)
+    return _patch_summary(entry, result, drawn, call)
 
 
 def ablate(
     ctx: Context,
-    prompt: Prompt,
-    answer: Token,
-    baseline: Baseline = None,
-    what: Annotated[Literal["heads", "neurons", "mlp", "attn"], Field(
-        description="sweep every head / neuron / MLP layer / attention layer (ignored with components)")] = "heads",
-    method: Annotated[Literal["zero", "mean", "resample"], Field(
-        description="replace with zero, the mean over `reference`, or a `reference` prompt's value")] = "zero",
+    prompt: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
+    what: Annotated[Literal["heads", "neurons", "mlp", "attn"], Field(description="what to sweep")] = "heads",
+    method: Annotated[Literal["zero", "mean", "resample"], Field(description="mean/resample use reference")] = "zero",
     components: Annotated[list[ComponentName] | None, Field(max_length=256, description=(
-        "ablate just these ('L9H6', 'L3.mlp', 'L3.attn', 'L3N1031'), one at a time or together"))] = None,
-    together: Annotated[bool, Field(description="ablate the listed components all at once")] = False,
-    reference: Annotated[list[Prompt] | None, Field(min_length=1, max_length=64, description=(
-        "prompts for mean / resample ablation; same token count as the prompt unless mean_over is batch_and_pos"))] = None,
+        "instead of a sweep: ['L9H6', 'L3.mlp', 'L3N1031']"))] = None,
+    together: Annotated[bool, Field(description="the listed components at once")] = False,
+    reference: Annotated[list[Prompt] | None, Field(min_length=1, max_length=64)] = None,
     mean_over: Literal["batch", "batch_and_pos"] = "batch",
-    positions: Positions = None,
+    positions: SetPositions = None,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
     metric: MetricKind = "logit_diff",
+    span: Span = None,
     top_k: TopK = 10,
     plot: DrawPlot = True,
     plot_path: PlotPath = None,
     model: ModelRef = None,
 ) -> AblationSummary:
-    """Ablation: knock out components (zero, mean or resample) one at a time, or a set together,
-    and report how the metric changes. Use it to test whether components found by patch or
-    logit_attribution are necessary (e.g. ablate the name-mover heads and see the logit
-    difference fall). A neuron sweep of a whole model is long; it reports progress."""
+    """Ablation: knock out components one at a time or together; the metric's change. Tests
+    necessity (induction heads: metric loss, span over a repeated text's second copy)."""
     state = state_of(ctx)
     target = state.plots.target(plot, f"ablate-{what}", plot_path)
     with state.using(model) as entry:
         m = entry.model
-        n_pos = checks.context(m, len(m.to_str_tokens(prompt)))
+        call = _call(state, entry, dataset, prompt, None, answer, baseline, positions, metric, span,
+                     needs_corrupted=False)
         cfg = m.cfg
         n = len(components) if components else cfg.n_layers * {"heads": cfg.n_heads, "neurons": cfg.d_mlp}.get(what, 1)
-        with forward_progress(ctx, m, n + 1 + (reference is not None), f"{method} ablation"):
-            result = patching.ablate(m, prompt, _metric(m, metric, answer, baseline), what=what, method=method,
-                                     components=components, positions=checks.positions(n_pos, positions),
-                                     reference=reference, mean_over=mean_over, together=together, seed=seed,
-                                     top_k=top_k, progress=False)
+        n_rows = 1 if call.ps is None else len(call.ps)
+        with forward_progress(ctx, m, (n + 1 + (reference is not None)) * n_rows, f"{method} ablation"):
+            result = patching.ablate(m, call.subject, call.metric, what=what, method=method, components=components,
+                                     positions=call.positions, reference=reference, mean_over=mean_over,
+                                     together=together, seed=seed, top_k=top_k, progress=False)
     drawn = state.plots.draw(result.plot, target) if result.axes else None
     top = result.top[0]
     return AblationSummary(
         model=entry.handle, method=result.method, what=result.what, metric=result.metric, axes=result.axes,
-        shape=[len(c) for c in result.coords], hotspots=_hotspots(result), plot=drawn, unablated_value=result.baseline,
-        interpretation=(f"{method}-ablating {top.label if result.axes else result.what} changes {result.metric} by "
-                        f"{top.effect:+.3f} (from {result.baseline:+.3f} to {top.score:+.3f})"))
+        shape=[len(c) for c in result.coords], hotspots=_hotspots(result), best_pos=result.best_positions(),
+        set=set_info(call.ps), warnings=call.warnings or None, plot=drawn, unablated_value=result.baseline,
+        interpretation=warned(f"{method}-ablating {top.label if result.axes else result.what} changes "
+                              f"{result.metric} by {figure(top.effect, top.spread)} (from {result.baseline:+.3f} "
+                              f"to {top.score:+.3f}){rows_said(call.ps)}", call.warnings))
 
 
 TOOLS = [(patch, PLOTTING), (attribution_patch, PLOTTING), (path_patch, PLOTTING), (ablate, PLOTTING)]

@@ -50,9 +50,7 @@ def _loaded(state: State) -> list[LoadedEntry]:
 
 
 def list_models(ctx: Context) -> ModelList:
-    """List the models the server can load (registry aliases, whether their weights are installed
-    here) and the ones loaded now, with their handles. Start here to pick a model for load_model;
-    a local HF folder or a .gguf path also loads."""
+    """The models the server can load (aliases; installed or not) and the loaded ones, by handle."""
     state = state_of(ctx)
     known = [KnownModel(**{k: m[k] for k in ("alias", "hub_id", "description", "installed")})
              for m in lens_list_models()]
@@ -99,17 +97,15 @@ def _info(state: State, entry, interpretation: str) -> ModelInfo:
 def load_model(
     ctx: Context,
     name: Annotated[str | None, Field(max_length=1000, description=(
-        "a registry alias (list_models), a local HF folder, or a .gguf file; default: the server's default model"))] = None,
+        "alias (list_models), HF folder or .gguf file; default: the server's default"))] = None,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-    fold_ln: Annotated[bool, Field(description="fold each norm's weights into the next layer (TransformerLens)")] = False,
-    center_writing_weights: Annotated[bool, Field(description="centre weights writing to the residual stream")] = False,
-    center_unembed: Annotated[bool, Field(description="centre the unembedding (logits change by a constant)")] = False,
-    fold_value_biases: Annotated[bool, Field(description="fold value biases into the output bias")] = False,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
 ) -> ModelInfo:
-    """Load a model (or return it, if already loaded with these options) and make it the one later
-    calls use when they name no model. Returns its handle, shape, hook names and a summary. The
-    weight-processing flags are off by default so activations equal HF's; loading a new model may
-    unload the least recently used ones to stay within the memory budget."""
+    """Load a model (or return it if loaded) and make it current; its handle, shape and hook names.
+    TransformerLens's processing flags, off: activations equal HF's."""
     state = state_of(ctx)
     entry, fresh = state.load(name, dtype, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                               center_unembed=center_unembed, fold_value_biases=fold_value_biases)
@@ -122,9 +118,7 @@ def load_model(
 
 
 def model_info(ctx: Context, model: ModelRef = None) -> ModelInfo:
-    """Describe a loaded model: shape (layers, heads, d_model, vocabulary, context), dtype, the
-    weight processing applied, and its hook point names (what run_with_cache and get_activation
-    take). Loads the default model if none is loaded."""
+    """A model's shape, dtype, weight processing and hook names."""
     state = state_of(ctx)
     with state.using(model) as entry:
         cfg = entry.model.cfg
@@ -147,15 +141,14 @@ class Tokenization(ToolResult):
 
 def tokenize(
     ctx: Context,
-    text: Annotated[str, Field(max_length=50_000, description="the prompt to split into tokens")],
+    text: Annotated[str, Field(max_length=50_000)],
     answers: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(
-        max_length=50, description="candidate answer strings to check for being one token (e.g. ' Paris')")] = (),
+        max_length=50, description="answers to check for being one token (' Paris')")] = (),
     detail: Detail = False,
     model: ModelRef = None,
 ) -> Tokenization:
-    """Split a prompt into tokens with their positions, as the model sees it (BOS included when
-    the model prepends it), and check candidate answers: analyses that score an answer token
-    (logit_attribution, patch, ...) need a single token. Use before choosing positions or answers."""
+    """Tokens and positions as the model sees the text (BOS included), and whether answers are
+    single tokens. Use before choosing positions or answers."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
@@ -184,10 +177,9 @@ class Released(Part):
 
 def release(
     ctx: Context,
-    handle: Annotated[str, Field(min_length=1, max_length=1000, description="a model handle or a cache handle")],
+    handle: Annotated[str, Field(min_length=1, max_length=1000, description="a model or cache handle")],
 ) -> Released:
-    """Free memory: unload a model (and its caches) or drop one cache, by handle. Use when the
-    memory budget is tight; later calls naming the model load it again."""
+    """Free memory: unload a model (with its caches) or drop a cache."""
     state = state_of(ctx)
     if handle in state.models:
         dropped = state.release_model(handle)

@@ -12,11 +12,11 @@ from lens.analysis import steer as lens_steer
 from lens.analysis import steering_vector
 from mcp_server import checks
 from mcp_server.schemas import ModelRef, Num, Part, Prompt, Token, ToolResult
+from mcp_server.sets import DatasetRef, Rows, SetInfo, TokenRows, figure, prompt_set, rows_said, set_info
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import STORING
 
-ContrastPrompts = Annotated[list[Prompt] | None, Field(min_length=1, max_length=64, description=(
-    "prompts showing the behaviour (positive) or its opposite (negative); the vector is their mean difference"))]
+ContrastPrompts = Annotated[list[Prompt] | None, Field(min_length=1, max_length=64)]
 Coefficient = Annotated[float, Field(ge=-1000, le=1000)]
 
 
@@ -29,6 +29,7 @@ class SteeredText(Part):
     coefficient: Num
     text: str = Field(description="the continuation only")
     logit_shifts: list[LogitShift]
+    metric_shift: Num | None = Field(None, description="with answer: the shift of logit(answer) - logit(baseline)")
 
 
 class Steering(ToolResult):
@@ -37,35 +38,36 @@ class Steering(ToolResult):
     vector_norm: Num
     positions: str
     generations: list[SteeredText]
+    shifts: list[list[Num]] | None = Field(None, description="over a set (no generation): per coefficient, "
+                                                             "[mean, 95% half-width, rows agreeing] of the shift")
+    set: SetInfo | None = None
 
 
 def steer(
     ctx: Context,
-    prompt: Prompt,
+    prompt: Rows,
     positive: ContrastPrompts = None,
     negative: ContrastPrompts = None,
-    vector: Annotated[str | None, Field(max_length=100, description="a stored vector's handle instead of prompts")] = None,
-    layer: Annotated[int | None, Field(ge=-1000, le=1000, description=(
-        "the layer to read and add the vector at; default: the stored vector's, else the middle layer"))] = None,
+    vector: Annotated[str | None, Field(max_length=100, description="a stored vector's handle")] = None,
+    layer: Annotated[int | None, Field(ge=-1000, le=1000, description="default: the vector's, else the middle")] = None,
     hook: Annotated[Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"] | None, Field(
-        description="where to read and add the vector; default: the stored vector's, else resid_post")] = None,
-    position: Annotated[Literal["mean", "last"], Field(description=(
-        "each contrast prompt contributes its mean over positions or its last position"))] = "mean",
-    coefficients: Annotated[list[Coefficient], Field(min_length=1, max_length=8, description=(
-        "multiples of the vector to add; 0 gives the unsteered text"))] = (0.0, 4.0, 8.0),
+        description="default: the vector's, else resid_post")] = None,
+    position: Annotated[Literal["mean", "last"], Field(description="of each contrast prompt")] = "mean",
+    coefficients: Annotated[list[Coefficient], Field(min_length=1, max_length=8)] = (0.0, 4.0, 8.0),
     positions: Annotated[Literal["all", "prompt", "generated"], Field(description="where the vector is added")] = "all",
     max_new_tokens: Annotated[int, Field(ge=1, le=128)] = 20,
     do_sample: bool = False,
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0,
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0,
-    tokens: Annotated[list[Token], Field(max_length=10, description="tokens whose logit shifts to report")] = (),
+    tokens: Annotated[list[Token], Field(max_length=10, description="report these tokens' logit shifts")] = (),
+    answer: Annotated[TokenRows | None, Field(description="report logit(answer) - logit(baseline)'s shift")] = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     model: ModelRef = None,
 ) -> Steering:
-    """Activation steering: add coefficient x a steering vector to the residual stream at one layer
-    while generating, for each coefficient, and report each continuation and how chosen tokens'
-    logits move. The vector is the mean activation difference between positive and negative
-    prompts (stored under a handle for reuse), or a stored one. Use it to test whether a
-    direction controls a behaviour (e.g. positive 'I love this' vs negative 'I hate this')."""
+    """Steering: generate with coefficient x vector added at one layer (0 = unsteered); per
+    coefficient the text and logit shifts. Vector: mean activation of positive minus negative
+    prompts, stored for reuse."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
@@ -82,19 +84,33 @@ def steer(
                                         steering_vector(m, positive, negative, layer, hook=hook, position=position))
         else:
             raise ToolError("steer needs positive and negative prompts (to build a vector) or vector=<handle>")
+        ps = prompt_set(state, entry, dataset, prompt, None, answer, baseline, needs_corrupted=False) \
+            if dataset is not None or isinstance(prompt, list) else None
+        if ps is not None:
+            moved = lens_steer(m, ps, stored.vector, layer, coefficients=coefficients, hook=hook, positions=positions)
+            said = "; ".join(f"x{c:g}: {figure(s.mean, s)}" for (_, c), s in zip(moved.settings, moved.shifts,
+                                                                                   strict=True))
+            return Steering(model=entry.handle, vector=stored.handle, hook=moved.hook,
+                            vector_norm=float(stored.vector.norm()), positions=positions, generations=[],
+                            shifts=[[s.mean, (s.ci95[1] - s.ci95[0]) / 2, s.agreement] for s in moved.shifts],
+                            set=set_info(ps), interpretation=f"shift of {moved.metric} at each row's END: {said}"
+                                                             f"{rows_said(ps)}")
         result = lens_steer(m, prompt, stored.vector, layer, coefficients=coefficients, hook=hook, positions=positions,
                             max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, temperature=temperature,
-                            tokens=tokens)
-    generations = [SteeredText(coefficient=g.coefficient, text=g.text,
+                            tokens=tokens, answer=answer, baseline=baseline)
+    generations = [SteeredText(coefficient=g.coefficient, text=g.text, metric_shift=g.metric_shift,
                                logit_shifts=[LogitShift(token=t, shift=s) for t, s in g.logit_shifts.items()])
                    for g in result.generations]
-    last = generations[-1]
-    shifts = ", ".join(f"{s.token!r} {s.shift:+.2f}" for s in last.logit_shifts)
+    metric = None if answer is None else f"logit({answer!r})" + ("" if baseline is None else f" - logit({baseline!r})")
+
+    def said(g: SteeredText) -> str:
+        moved = "" if g.metric_shift is None else f" ({metric} {g.metric_shift:+.2f})"
+        shifts = ", ".join(f"{s.token!r} {s.shift:+.2f}" for s in g.logit_shifts)
+        return f"x{g.coefficient:g}: {g.text[:40]!r}{moved}" + (f" [{shifts}]" if shifts else "")
     return Steering(model=entry.handle, vector=stored.handle, hook=result.hook, vector_norm=result.vector_norm,
                     positions=result.positions, generations=generations,
-                    interpretation=(f"at coefficient {last.coefficient:g} ({result.hook}, |vector| "
-                                    f"{result.vector_norm:.2f}) the continuation is {last.text[:80]!r}"
-                                    + (f"; logit shifts {shifts}" if shifts else "")))
+                    interpretation=(f"{result.hook}, |vector| {result.vector_norm:.2f}; "
+                                    + "; ".join(said(g) for g in generations)))
 
 
 TOOLS = [(steer, STORING)]

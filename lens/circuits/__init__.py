@@ -1,0 +1,18 @@
+"""Automated circuit discovery: the model as a graph of senders and receivers, edge scores (EAP, EAP-IG,
+exact edge patching), circuits chosen from them, and their exact faithfulness.
+
+    from lens.circuits import find_circuit
+    found = find_circuit(model, clean, corrupted, logit_diff(model, " Mary", " John"), faithfulness=0.8)
+    print(found.summary()); found.plot("plots/circuit.png"); found.circuit.save("circuit.json")
+"""
+
+from lens.circuits.circuit import Circuit
+from lens.circuits.discovery import FoundCircuit, find_circuit
+from lens.circuits.evaluation import ABLATIONS, Faithfulness, evaluate
+from lens.circuits.graph import Graph
+from lens.circuits.prompts import Pair
+from lens.circuits.scores import METHODS, EdgeScores, edge_scores
+from lens.circuits.selection import Curve, curve, threshold, to_faithfulness, top_n
+
+__all__ = ["ABLATIONS", "METHODS", "Circuit", "Curve", "EdgeScores", "Faithfulness", "FoundCircuit", "Graph", "Pair",
+           "curve", "edge_scores", "evaluate", "find_circuit", "threshold", "to_faithfulness", "top_n"]

@@ -1,0 +1,109 @@
+"""The graph's hooks on a model: read each sender's output and edit each receiver's input in one forward.
+
+A sender's output is what it adds to the residual stream, so that the outputs of all senders before a
+receiver sum to its input up to terms that do not depend on the prompt (the attention bias b_O):
+- input: `blocks.0.hook_resid_pre` (token and position embeddings);
+- head h of layer l: `blocks.l.attn.hook_result[..., h, :]`; under post-norms (Gemma 2/3, OLMo-2)
+  the attention output is norm(Σ_h result_h + b_O), which is linear in the heads once the norm's
+  scale is fixed, so head h's output is its term of that: norm_linear(result_h + b_O / H) with this
+  run's scale (the terms sum to `hook_attn_out` exactly);
+- MLP l: `blocks.l.hook_mlp_out` (after any post-norm).
+Receivers' inputs are the per-head, pre-norm copies of the residual stream the on-request hooks
+hand out (`hook_q_input` [batch, pos, n_heads, d_model], `hook_k_input` / `hook_v_input`
+[batch, pos, n_kv_heads, d_model], `hook_mlp_in` [batch, pos, d_model]) and, for the logits, the last
+block's `hook_resid_post`; editing one copy changes what that receiver reads and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lens.circuits.graph import Graph, ReceiverKind
+
+# on_sender(first sender index, outputs [batch, pos, n, d_model]) is called as each sender group is computed.
+OnSender = Callable[[int, torch.Tensor], None]
+# on_receiver(layer, kind, receivers, inputs [batch, pos, n, d_model]) → edited inputs (or None: unchanged).
+OnReceiver = Callable[[int, ReceiverKind, range, torch.Tensor], "torch.Tensor | None"]
+
+RECEIVER_HOOKS = {"q": "hook_q_input", "k": "hook_k_input", "v": "hook_v_input", "mlp": "hook_mlp_in"}
+
+
+def head_outputs(model, layer: int, result: torch.Tensor) -> torch.Tensor:
+    """Each head's term of the attention output: result [batch, pos, n_heads, d_model] as it is, or under
+    post-norms the post-normed share described above."""
+    cfg = model.cfg
+    if not cfg.post_norms:
+        return result
+    block = model.blocks[layer]
+    norm, slot, w = block.ln1_post, block.slot, model.weights
+    wide = torch.promote_types(result.dtype, torch.float32)
+    x = result.to(wide) + w.b_O[slot].to(wide) / cfg.n_heads  # [batch, pos, n_heads, d_model]
+    total = x.sum(2, keepdim=True)
+    weight = w.ln1_post_w[slot].to(wide) + norm.offset
+    if norm.kind == "layernorm":
+        scale = (total.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        share = (x - x.mean(-1, keepdim=True)) / scale * weight + w.ln1_post_b[slot].to(wide) / cfg.n_heads
+    else:
+        scale = (total.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+        share = x / scale * weight
+    return share.to(result.dtype)
+
+
+def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None,
+                on_receiver: OnReceiver | None = None) -> list[tuple[str, Callable]]:
+    """fwd_hooks for `model.hooks(...)` that report sender outputs and let receivers' inputs be edited."""
+    hooks = []
+    if on_sender is not None:
+        def read_input(x, point):
+            on_sender(0, x[:, :, None])
+        hooks.append(("blocks.0.hook_resid_pre", read_input))
+        for layer in range(graph.n_layers):
+            def read_heads(x, point, layer=layer):
+                on_sender(graph.head(layer, 0), head_outputs(model, layer, x))
+
+            def read_mlp(x, point, layer=layer):
+                on_sender(graph.mlp(layer), x[:, :, None])
+            hooks += [(f"blocks.{layer}.attn.hook_result", read_heads), (f"blocks.{layer}.hook_mlp_out", read_mlp)]
+    if on_receiver is not None:
+        for layer, kind, receivers in graph.groups():
+            def edit(x, point, layer=layer, kind=kind, receivers=receivers):
+                per_head = x.dim() == 4
+                out = on_receiver(layer, kind, receivers, x if per_head else x[:, :, None])
+                return None if out is None else out if per_head else out[:, :, 0]
+            name = (f"blocks.{graph.n_layers - 1}.hook_resid_post" if kind == "logits"
+                    else f"blocks.{layer}.{RECEIVER_HOOKS[kind]}")
+            hooks.append((name, edit))
+    return hooks
+
+
+def final_resid_hook(graph: Graph, keep: dict) -> tuple[str, Callable]:
+    """A hook that keeps the residual stream the logits read (after any edit of the logits receiver)."""
+    def read(x, point):
+        keep["resid"] = x
+    return f"blocks.{graph.n_layers - 1}.hook_resid_post", read
+
+
+def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None,
+                   metric=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
+    per prompt on this input ([batch] float64), from the same forward."""
+    from lens.circuits.patched import row_metric
+    from lens.guard import require
+    batch, n_pos = tokens.shape
+    require(graph.n_senders * batch * n_pos * model.cfg.d_model * model.dtype.itemsize,
+            "every sender's output (circuit discovery)", "use fewer or shorter prompts")
+    out = torch.empty(graph.n_senders, batch, n_pos, model.cfg.d_model, dtype=model.dtype, device=model.device)
+
+    def keep(first, x):
+        out[first: first + x.shape[2]] = x.permute(2, 0, 1, 3)
+    kept = {}
+    hooks = graph_hooks(model, graph, on_sender=keep) + [final_resid_hook(graph, kept)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens, attention_mask=mask, return_type=None)
+        if metric is None:
+            return out
+        positions, per_row = row_metric(metric, n_pos)
+        resid = kept["resid"] if positions is None else kept["resid"][:, positions]
+        return out, per_row(model.final_logits(resid)).double().cpu()

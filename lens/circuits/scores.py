@@ -1,0 +1,178 @@
+"""Edge scores: how much the metric moves when one edge reads its sender from the corrupted run.
+
+score(s → r) estimates m(clean with edge s → r corrupted) - m(clean), the metric being the mean over
+the prompts; important edges have large |score|. Three methods:
+- "eap" (Syed et al. 2023): (corrupted_s - clean_s) · ∂m/∂input_r on the clean run: one corrupted
+  forward, one clean forward and one backward for every edge at once;
+- "eap-ig" (Hanna et al. 2024): the same with ∂m/∂input_r averaged over `steps` inputs interpolated
+  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched;
+- "exact": edge patching, one patched copy of the set per edge (the ground truth; small graphs only).
+A node's score is the sum of its outgoing edges' scores (for EAP, the attribution-patching estimate of
+corrupting its whole output); the logits' score is the sum of their incoming edges'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from lens.circuits.forward import graph_hooks, sender_outputs
+from lens.circuits.graph import Graph
+from lens.circuits.patched import run_circuits
+from lens.circuits.prompts import Pair
+from lens.guard import limit
+from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
+from lens.patching.metrics import metric_name
+
+Method = Literal["eap", "eap-ig", "exact"]
+METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
+MAX_EXACT_EDGES = 5000
+
+
+@dataclass
+class EdgeScores:
+    graph: Graph
+    scores: torch.Tensor  # [n_senders, n_receivers] float64, 0 where there is no edge
+    method: str
+    metric: str
+    n_prompts: int
+    clean_value: float  # the mean metric on the clean prompts
+    corrupted_value: float  # ... and on the corrupted ones
+    extra: dict = field(default_factory=dict)
+
+    def node_scores(self) -> dict[str, float]:
+        """Node name → the sum of its outgoing edges' scores (the logits: of their incoming edges')."""
+        out = self.scores.sum(1)
+        values = {name: float(out[i]) for i, name in enumerate(self.graph.sender_names)}
+        values["logits"] = float(self.scores[:, self.graph.logits].sum())
+        return values
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        """The n edges of largest |score|: (name, score)."""
+        flat = self.scores.abs().flatten()
+        index = flat.topk(min(n, self.graph.n_edges)).indices
+        R = self.graph.n_receivers
+        return [(self.graph.edge_name(int(i) // R, int(i) % R), float(self.scores.flatten()[i])) for i in index]
+
+
+def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memory_budget: int | None) -> int:
+    """Prompts per gradient pass: activations kept for the backward, per-head inputs, sender deltas."""
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+    cfg, size = model.cfg, model.dtype.itemsize
+    per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
+    per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
+    per_row = copies_per_row * per_copy + 2 * graph.n_senders * n_pos * cfg.d_model * size
+    return max(1, budget // per_row)
+
+
+def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
+               rows: tuple[int, int, int], interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               reference: torch.Tensor | None = None) -> None:
+    """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores.
+    rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
+    row its own answer and position) reads them in their places among the set's rows.
+    delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap).
+    interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major."""
+    batch, n_pos = delta.shape[1], delta.shape[2]
+    copies = 1 if interpolate is None else len(interpolate[2])
+
+    def on_sender(first, x):
+        n = x.shape[2]
+        delta[first: first + n] = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)
+
+    def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
+        g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
+        scores[:prefix, rows.start: rows.stop] += (delta[:prefix].flatten(1) @ g.T).double()
+
+    def on_receiver(layer, kind, rows, x):
+        y = x.clone()
+        prefix = graph.senders_before(layer, kind)
+        y.register_hook(lambda grad: accumulate(prefix, rows, grad))
+        return y
+
+    def leaf(x, point):
+        if interpolate is None:
+            keep["leaf"] = x.detach().requires_grad_(True)
+        else:
+            start, end, alphas = interpolate
+            alphas = alphas.to(x.dtype).view(-1, 1, 1, 1)
+            mixed = start[None] + alphas * (end - start)[None]  # [copies, batch, pos, d_model]
+            keep["leaf"] = mixed.flatten(0, 1).requires_grad_(True)
+        return keep["leaf"]
+
+    keep = {}
+    hooks = [("blocks.0.hook_resid_pre", leaf)]
+    hooks += graph_hooks(model, graph, on_sender if reference is not None else None, on_receiver)
+    hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", lambda x, point: keep.update(resid=x)))
+    start, stop, n_rows = rows
+    copied = tokens.repeat(copies, 1)
+    copied_mask = None if mask is None else mask.repeat(copies, 1)
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+        model(copied, attention_mask=copied_mask, return_type=None)
+        resid = keep["resid"] if positions is None else keep["resid"][:, positions]
+        logits = model.final_logits(resid).view(copies, batch, -1, model.cfg.d_vocab)
+        if batch != n_rows:  # the chunk in its place among the set's rows (the others are zeros, unread)
+            placed = logits.new_zeros(copies, n_rows, *logits.shape[2:])
+            placed[:, start:stop] = logits
+            logits = placed
+        value = per_row(logits)[:, start:stop].sum() * weight
+        torch.autograd.grad(value, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+
+
+def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 5,
+                memory_budget: int | None = None) -> EdgeScores:
+    """Scores of every edge of the model's graph for the metric over the pair's prompts (a Pair or a prompt set)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, not {steps}")
+    from lens.circuits.patched import row_metric
+    pair = Pair.of(model, pair)
+    graph = Graph.of(model)
+    batch, n_pos = pair.clean.shape
+    positions, per_row = row_metric(metric, n_pos)
+    clean_value, corrupted_value = pair.values(model, metric)
+    if method == "exact":
+        scores = exact_scores(model, graph, pair, metric, memory_budget)
+    else:
+        scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
+        copies = 1 if method == "eap" else steps
+        chunk = _rows_per_forward(model, graph, n_pos, copies, memory_budget)
+        for start in range(0, batch, chunk):
+            part = pair.rows(slice(start, start + chunk))
+            reference = sender_outputs(model, graph, part.corrupted, part.mask)
+            delta = torch.empty_like(reference)
+            if method == "eap":
+                _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
+                           1.0 / batch, (start, start + len(part), batch), reference=reference)
+            else:
+                clean = sender_outputs(model, graph, part.clean, part.mask)
+                torch.sub(reference, clean, out=delta)
+                alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+                _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
+                           1.0 / (batch * steps), (start, start + len(part), batch),
+                           interpolate=(reference[0], clean[0], alphas))
+        scores = scores * graph.valid
+    return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
+                      {"steps": steps} if method == "eap-ig" else {})
+
+
+def exact_scores(model, graph: Graph, pair: Pair, metric, memory_budget: int | None = None) -> torch.Tensor:
+    """m(clean with one edge corrupted) - m(clean) for every edge: [n_senders, n_receivers] float64."""
+    edges = graph.valid.nonzero()
+    if len(edges) > MAX_EXACT_EDGES:
+        raise ValueError(f"exact edge patching runs one patched copy of the set per edge; this graph has "
+                         f"{len(edges)} edges (limit {MAX_EXACT_EDGES}): use method='eap-ig' on this model")
+    reference = sender_outputs(model, graph, pair.corrupted, pair.mask)
+    clean = float(run_circuits(model, graph, pair.clean, pair.mask, reference,
+                               torch.zeros(1, graph.n_senders, graph.n_receivers), metric).mean())
+    scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
+    for start in range(0, len(edges), 256):
+        part = edges[start: start + 256]
+        off = torch.zeros(len(part), graph.n_senders, graph.n_receivers)
+        off[torch.arange(len(part)), part[:, 0], part[:, 1]] = 1
+        values = run_circuits(model, graph, pair.clean, pair.mask, reference, off, metric, memory_budget)
+        scores[part[:, 0], part[:, 1]] = values.mean(1) - clean
+    return scores
