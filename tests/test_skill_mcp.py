@@ -204,7 +204,7 @@ def reabridge(documented, live):
             cut = documented.index("...")
             head, tail = documented[:cut], documented[cut + 1:]
             tail_live = live[len(live) - len(tail):] if tail else []
-            return ([reabridge(d, l) for d, l in zip(head, live, strict=True)] + ["..."]
+            return ([reabridge(d, l) for d, l in zip(head, live, strict=False)] + ["..."]
                     + [reabridge(d, l) for d, l in zip(tail, tail_live, strict=True)])
         if len(documented) == len(live):
             return [reabridge(d, l) for d, l in zip(documented, live, strict=True)]
