@@ -19,8 +19,10 @@ from lens.data import PromptSet, Spread
 from mcp_server.schemas import Num, Part
 
 Text = Annotated[str, Field(min_length=1, max_length=50_000)]
-Rows = Annotated[str | list[Text], Field(max_length=1000)]  # one string, or one per row
-TokenRows = Annotated[str | list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=1000)]
+# one string, or one per row (each bound on its own branch: a string's bound is in characters, a list's in rows)
+Rows = Text | Annotated[list[Text], Field(max_length=1000)]
+TokenRows = Annotated[str, Field(min_length=1, max_length=200)] | Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=1000)]
 DatasetRef = Annotated[str | None, Field(max_length=100)]  # a handle from the dataset tool (instructions)
 SetPositions = Annotated[list[int | Annotated[str, Field(max_length=40)]] | None, Field(min_length=1, max_length=4096)]
 

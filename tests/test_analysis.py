@@ -133,8 +133,9 @@ def test_smollm2_previous_token_heads_on_natural_text(smollm2):
 def test_smollm2_dla_for_paris_adds_up_to_its_logit(smollm2):
     result = direct_logit_attribution(smollm2, EIFFEL, " Paris", by="head")
     logit = smollm2(EIFFEL)[0, -1, smollm2.to_single_token(" Paris")].item()
-    summed = sum(v for _, v in result.contributions) + result.rest + result.constant
-    assert abs(result.total - logit) <= 1e-4 and abs(summed - logit) <= 1e-3
+    listed = result.contributions + (result.others or [])  # by="head": heads, then MLPs and embeddings apart
+    summed = sum(v for _, v in listed) + result.rest + result.constant
+    assert abs(result.total - logit) <= 1e-4 and abs(summed - logit) <= 1e-3, (result.total, summed, logit)
     print(result.summary())
 
 

@@ -20,7 +20,8 @@ def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smo
     assert [int(row.split()[0]) for row in table] == list(range(30))
     assert "' Paris'" in table[-1]
     assert [Path(p).name for p in paths] == ["logit_lens.png", "dla_by_head.png", "induction_heads.png",
-                                             "ioi_patch_resid_pre.png", "ioi_patch_heads.png", "features.png"]
+                                             "ioi_patch_resid_pre.png", "ioi_patch_heads.png", "ioi_circuit.png",
+                                             "features.png"]
     for path in paths:
         assert Path(path).stat().st_size > 10_000 and f"plot: {path}" in text
     assert "induction scores" in text and "direct logit attribution by head" in text

@@ -136,8 +136,7 @@ def test_a_call_that_waits_past_the_limit_gets_a_busy_error_naming_what_runs(slo
 
 
 # Tools that run the model, with arguments that are valid but need more working memory than 4 KiB.
-COMPUTING = ["run_with_cache", "logit_attribution", "logit_lens", "attention_pattern", "detect_heads",
-             "find_induction_heads", "patch", "attribution_patch", "path_patch", "ablate", "steer", "generate"]
+COMPUTING = ["run_with_cache", "logit_attribution", "logit_lens", "attention_pattern", "detect_heads", "patch", "attribution_patch", "path_patch", "ablate", "steer", "generate"]
 
 
 def test_every_tool_that_computes_refuses_a_request_over_the_working_memory_budget(tmp_path):
@@ -148,7 +147,9 @@ def test_every_tool_that_computes_refuses_a_request_over_the_working_memory_budg
         texts = {}
         for name in COMPUTING:
             schema = tools[name].input_schema
-            wanted = [*schema.get("required", []), "positive", "negative", "plot"]
+            # a prompt argument is optional in the schema where a dataset handle can stand for it
+            wanted = [*schema.get("required", []), "prompt", "clean", "corrupted", "answer", "positive", "negative",
+                      "plot"]
             args = {k: GOOD[k] for k in wanted if k in schema["properties"]}
             with anyio.fail_after(CASE_SECONDS):
                 texts[name] = await refused(client, name, args)
@@ -164,7 +165,8 @@ def test_a_huge_induction_sweep_is_refused_at_once_with_the_figure(tmp_path):
 
     async def scenario(client):
         begin = time.monotonic()
-        text = await refused(client, "find_induction_heads", {"seq_len": 512, "batch": 32, "plot": False})
+        text = await refused(client, "detect_heads", {"kind": "induction", "seq_len": 512, "batch": 32,
+                                                      "plot": False})
         return text, time.monotonic() - begin
     text, seconds = run(server, scenario)
     patterns = 3 * 32 * 4 * 1025**2 * 4  # layers x batch x heads x [BOS + 2 x 512]^2 float32 patterns kept: 1.5 GiB

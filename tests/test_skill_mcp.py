@@ -232,10 +232,12 @@ def regenerate() -> None:
         return [(await client.call_tool(tool, arguments)) for tool, arguments, _ in examples()]
 
     text = TOOLS_DOC.read_text()
+    seen: dict[str, int] = {}  # a section may hold several examples: call, result, call, result, ...
     for (tool, _, documented), result in zip(examples(), run(server, scenario), strict=True):
         if result.is_error:
             raise SystemExit(f"{tool}: the example fails: {result.content[0].text}")
-        old = [b.code for b in blocks(section(text, tool), "json")][1]
+        k = seen[tool] = seen.get(tool, -1) + 1
+        old = [b.code for b in blocks(section(text, tool), "json")][2 * k + 1]
         text = text.replace(old, formatted(reabridge(documented, result.structured_content)) + "\n", 1)
     TOOLS_DOC.write_text(text)
     print(f"rewrote the example results in {TOOLS_DOC}")

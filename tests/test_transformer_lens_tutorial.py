@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import hf_from_gguf
+from test_skill_support import _text_fits
 
 import lens
 import lens.utils
@@ -89,8 +90,8 @@ def main_demo(utils, model) -> dict:
     out["induction"] = scores
 
     # Steering: add the answer direction to the residual stream while generating greedily.
-    def steer(resid, hook):
-        return resid + 8.0 * direction / direction.norm()
+    def steer(resid, hook):  # as long as the residual itself at each position: enough to move a greedy choice
+        return resid + 2.0 * resid.norm(dim=-1, keepdim=True) * direction / direction.norm()
 
     with model.hooks(fwd_hooks=[(utils.get_act_name("resid_post", model.cfg.n_layers // 2), steer)]):
         out["steered"] = model.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False)
@@ -161,7 +162,8 @@ def same_output(ours: dict, theirs: dict) -> None:
         elif isinstance(value, torch.Tensor):
             assert torch.equal(mine, value), f"{key}: {mine.tolist()} vs {value.tolist()}"
         else:
-            assert as_text(mine) == as_text(value), f"{key}:\n{as_text(mine)}\nvs\n{as_text(value)}"
+            # printed numbers may differ in their last digit (65.31% vs 65.32%: fp32 sums in another order)
+            assert _text_fits(as_text(value), as_text(mine)), f"{key}:\n{as_text(mine)}\nvs\n{as_text(value)}"
 
 
 def test_the_main_demo_prints_transformer_lens_numbers_on_a_small_llama(tiny_both):

@@ -22,7 +22,7 @@ class Result(BaseModel):
 
 def prompt_tokens(model, prompt) -> torch.Tensor:
     """[1, pos] tokens of one prompt (a string or token ids)."""
-    tokens = model.to_tokens(prompt) if isinstance(prompt, str) else torch.as_tensor(prompt)
+    tokens = model.to_tokens(prompt, truncate=False) if isinstance(prompt, str) else torch.as_tensor(prompt)
     tokens = tokens[None] if tokens.dim() == 1 else tokens
     if tokens.shape[0] != 1:
         raise ValueError(f"this analysis takes one prompt, got a batch of {tokens.shape[0]}")

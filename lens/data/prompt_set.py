@@ -259,8 +259,8 @@ class PromptSet:
         if len(kept) < len(self):
             dropped[f"model gets it wrong ({by})"] = len(self) - len(kept)
         report = FilterReport(
-            by=by, n_before=len(self), n_after=len(kept), accuracy_before=ranked_first.float().mean().item(),
-            accuracy_after=ranked_first[keep].float().mean().item() if len(kept) else 0.0,
+            by=by, n_before=len(self), n_after=len(kept), accuracy_before=ranked_first.double().mean().item(),
+            accuracy_after=ranked_first[keep].double().mean().item() if len(kept) else 0.0,
             mean_metric_before=None if diff is None else diff.mean().item(),
             mean_metric_after=None if diff is None or not len(kept) else diff[keep].mean().item())
         if not kept:

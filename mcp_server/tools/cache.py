@@ -74,7 +74,7 @@ def run_with_cache(
     state = state_of(ctx)
     with state.using(model) as entry, torch.no_grad():
         m = entry.model
-        tokens = m.to_tokens(prompt)
+        tokens = m.to_tokens(prompt, truncate=False)
         n_pos = checks.context(m, tokens.shape[1])
         names = cached_names(m, None if hooks is None else activations.select_hooks(m, hooks))
         state.reserve_cache(activations.estimate_bytes(m, names, n_pos))

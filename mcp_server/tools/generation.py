@@ -56,7 +56,7 @@ def generate(
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
-        n_prompt = m.to_tokens(prompt).shape[1]
+        n_prompt = m.to_tokens(prompt, truncate=False).shape[1]
         if n_prompt + max_new_tokens > m.cfg.n_ctx:
             raise ToolError(f"the prompt is {n_prompt} tokens and max_new_tokens {max_new_tokens}: together past "
                             f"the context window of {m.cfg.n_ctx}; use max_new_tokens <= "

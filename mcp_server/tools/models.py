@@ -152,7 +152,7 @@ def tokenize(
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
-        ids = m.to_tokens(text)[0].tolist() if text else []
+        ids = m.to_tokens(text, truncate=False)[0].tolist() if text else []
         str_tokens = m.to_str_tokens(text) if text else []
         checks = []
         for answer in answers:
