@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import anyio
@@ -196,7 +197,12 @@ def test_two_caches_made_at_once_stay_within_the_cache_budget_together(tmp_path)
                 if not (await client.call_tool("get_activation", {"cache": handle, "hook": "embed"})).is_error:
                     held.append(result.structured_content["size_mib"] * 2**20)
         return results, held
-    with a.hooks(fwd_hooks=[(final, lambda resid, point: time.sleep(1.0))]):
+    inside = threading.Event()
+
+    def slow(resid, point):
+        inside.set()
+        time.sleep(1.0)
+    with a.hooks(fwd_hooks=[(final, slow)]):
         results, held = run(server_for(tmp_path, {"a": a, "b": b}, cache_budget=budget), scenario)
     assert not results["a"].is_error
     assert results["b"].is_error and "cache budget" in results["b"].content[0].text, results["b"]
@@ -218,10 +224,17 @@ def test_calls_on_two_models_at_once_share_the_working_memory_budget(tmp_path):
             results[name] = await client.call_tool("logit_lens", args | {"model": name})
         async with anyio.create_task_group() as tg:
             tg.start_soon(lens, "a")
-            await anyio.sleep(0.3)  # a's forward is under way (it sleeps in a hook), holding its reservation
+            with anyio.fail_after(CASE_SECONDS):
+                while not inside.is_set():  # a's forward is under way (it sleeps in a hook), holding its reservation
+                    await anyio.sleep(0.05)
             tg.start_soon(lens, "b")
         return results
-    with a.hooks(fwd_hooks=[(final, lambda resid, point: time.sleep(1.0))]):
+    inside = threading.Event()
+
+    def slow(resid, point):
+        inside.set()
+        time.sleep(1.0)
+    with a.hooks(fwd_hooks=[(final, slow)]):
         results = run(server_for(tmp_path, {"a": a, "b": b}, work_budget=int(1.5 * max(needs))), scenario)
     assert not results["a"].is_error, results["a"].content[0].text
     text = results["b"].content[0].text
