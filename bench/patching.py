@@ -35,6 +35,18 @@ def naive_sweep(model, clean, corrupted, metric, hook: str, axis: str, layers) -
     return out
 
 
+def transformer_lens_bridge(model, TransformerBridge):
+    """TransformerLens's TransformerBridge around the HF model built from the same GGUF as `model`, in
+    compatibility mode without weight processing: the same weights, so the numbers must agree."""
+    from bench.forward import default_model
+    hf = default_model()[2]("eager")
+    source = model.load_info["source"]
+    bridge = TransformerBridge.boot_transformers(source.rsplit("/", 1)[0], hf_model=hf, tokenizer=model.tokenizer,
+                                                 device="cpu")
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return bridge
+
+
 def transformer_lens_sweeps(model, clean, corrupted, tl_metric, layer: int) -> dict | str:
     """TransformerLens 4's own patching on the same weights (its TransformerBridge around the HF model
     built from the same GGUF), at one layer: {what: (seconds per patch, its [patches] result)}, or why it
@@ -46,12 +58,7 @@ def transformer_lens_sweeps(model, clean, corrupted, tl_metric, layer: int) -> d
     except ImportError:
         return "not installed (pip install -e '.[compare]')"
     try:
-        from bench.forward import default_model
-        hf = default_model()[2]("eager")
-        source = model.load_info["source"]
-        bridge = TransformerBridge.boot_transformers(source.rsplit("/", 1)[0], hf_model=hf, tokenizer=model.tokenizer,
-                                                     device="cpu")
-        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+        bridge = transformer_lens_bridge(model, TransformerBridge)
         _, cache = bridge.run_with_cache(clean)
         out = {}
         for what, setter, name, size in (("resid_pre", tl_patching.layer_pos_patch_setter, "resid_pre", clean.shape[1]),

@@ -51,12 +51,8 @@ def transformer_lens_layer(model, ps, layer: int) -> tuple[float, torch.Tensor] 
     except ImportError:
         return "not installed (pip install -e '.[compare]')"
     try:
-        from bench.forward import default_model
-        hf = default_model()[2]("eager")
-        source = model.load_info["source"]
-        bridge = TransformerBridge.boot_transformers(source.rsplit("/", 1)[0], hf_model=hf, tokenizer=model.tokenizer,
-                                                     device="cpu")
-        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+        from bench.patching import transformer_lens_bridge
+        bridge = transformer_lens_bridge(model, TransformerBridge)
         _, cache = bridge.run_with_cache(ps.clean_tokens)
         metric = row_metric(ps)  # reads each row at its own END: the right-padding never reaches it
         index = pd.DataFrame([(layer, h) for h in range(model.cfg.n_heads)], columns=["layer", "head"])
