@@ -21,8 +21,10 @@ ranked first); each section prints its headline line and returns the numbers beh
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
+from pathlib import Path
 
 import torch
 
@@ -214,9 +216,12 @@ def circuit(model, ps, heads, target: float = 0.8, top_k: int = 10) -> dict:
             f"{len(found.circuit.nodes)} nodes ({len(circuit_heads)} heads), faithfulness {f.value:.2f} ± "
             f"{f.std:.2f} (bootstrap std; 95% CI {f.low:.2f}..{f.high:.2f}); curve "
             + ", ".join(f"{e}: {v:.2f}" for e, v, _ in curve)
-            + f". Of head patching's top {top_k} ({', '.join(patched)}), {len(both)} are in the circuit"
-            + (f" ({', '.join(both)})" if both else "") + "; the circuit's other heads rank "
-            + (", ".join(f"{h} #{r}" for h, r in only_circuit) or "none") + " by head patching")
+            + f". Of head patching's top {top_k} ({', '.join(patched)}), {len(both)} are in the circuit")
+    if only_circuit:
+        ranks = sorted(r for _, r in only_circuit)
+        worst = sorted(only_circuit, key=lambda hr: -hr[1])[:3]
+        line += (f"; its {len(only_circuit)} other heads rank #{ranks[0]}..#{ranks[-1]} by head patching (median "
+                 f"#{ranks[len(ranks) // 2]}; lowest {', '.join(f'{h} #{r}' for h, r in worst)})")
     return {"line": line, "n_edges": found.circuit.n_edges, "n_nodes": len(found.circuit.nodes),
             "heads": circuit_heads, "faithfulness": f.to_dict(), "curve": curve, "patching_top": patched,
             "overlap": both, "circuit_only": only_circuit, "selection": found.circuit.meta.get("selection")}
@@ -282,4 +287,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a smaller causal-tracing run")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run these sections only")
     args = parser.parse_args()
-    main(args.quick, tuple(args.only))
+    results = main(args.quick, tuple(args.only))
+    path = Path(__file__).parent / "results" / "claims.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"(written to {path})")
