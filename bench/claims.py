@@ -181,9 +181,11 @@ def tracing(model, n: int, samples: int) -> dict:
     best = [["subject", "END"][p] for p in result.best_positions()]
     hand = min(l for l, b in enumerate(best) if b == "END")
     out["first_end_layer"] = hand
+    subject, end = normalised[:, 0], normalised[:, 1]
     out["line"] = (f"causal tracing ({n} capitals, noise 3× on the subject, {samples} samples; p(answer) clean "
                    f"{result.clean_value:.2f}, noised {result.corrupted_value:.2f}): " + "; ".join(parts)
-                   + f"; END restores more than the subject from L{hand}")
+                   + f"; END first restores more than the subject at L{hand}: after L{hand - 1} END {end[hand - 1]:.0%}, "
+                   f"subject {subject[hand - 1]:.0%}; after L{hand} END {end[hand]:.0%}, subject {subject[hand]:.0%}")
     return out
 
 
@@ -288,7 +290,8 @@ if __name__ == "__main__":
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run these sections only")
     args = parser.parse_args()
     results = main(args.quick, tuple(args.only))
-    path = Path(__file__).parent / "results" / "claims.json"
+    name = "claims.json" if set(args.only) == set(SECTIONS) else "claims-partial.json"
+    path = Path(__file__).parent / "results" / name
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     print(f"(written to {path})")

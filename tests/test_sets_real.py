@@ -48,11 +48,14 @@ def test_set_patching_attribution_path_patching_and_ablation_equal_single_prompt
         quiet = {} if fn is attribution_patch else {"progress": False}
         over_set = fn(smollm2, ps, positions=positions, per_row=True, **options, **quiet)
         rows = torch.tensor(over_set.row_scores, dtype=torch.float64)
+        worst = 0.0
         for i in range(len(ps)):
             at = None if positions is None else _at(ps, i, positions)
             single = fn(smollm2, *_single(smollm2, ps, i), positions=at, **options, **quiet)
             assert (rows[i] - single.tensor).abs().max() <= TOL, \
                 f"{fn.__name__} {options} row {i}: {max_diff(rows[i], single.tensor)}"
+            worst = max(worst, (rows[i] - single.tensor).abs().max().item())
+        print(f"{fn.__name__} {options}: max |set - single| {worst:.2g}")
         assert (over_set.tensor - rows.mean(0)).abs().max() <= 1e-9
     components = ["L23H3", "L29H1", "L20H0"]
     over_set = ablate(smollm2, ps, components=components, per_row=True, progress=False)
