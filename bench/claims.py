@@ -8,7 +8,7 @@ ranked first); each section prints its headline line and returns the numbers beh
 1. activation patching: the clean residual stream at IOI's named positions (IO, S1, S2, END) per layer, the
    position that restores most per layer, and the hand-over from S2 to END;
 2. IOI heads: head patching's top heads (% of the logit difference restored, 95% CI half-width, sign
-   agreement) and direct logit attribution by head;
+   agreement), direct logit attribution by head, and zero ablation of the top heads (one by one, together);
 3. induction heads: scores over an induction set, and necessity as the loss over the repeated span with
    the top heads zero-ablated (against heads of the same layers that score lowest);
 4. logit lens over factual recall: per layer on how many rows the answer is the top token, p(answer);
@@ -34,7 +34,7 @@ from lens.analysis.heads import repeated_tokens
 from lens.circuits import find_circuit
 from lens.data import PromptSet, causal_trace, make_dataset, row_metric, spread
 from lens.data.stats import Spread
-from lens.patching import ablation_hooks, patch
+from lens.patching import ablate, ablation_hooks, patch
 
 N = 50  # rows per set, after filtering
 SEED = 0
@@ -105,12 +105,20 @@ def head_patching(model, ps, top: int = 3):
     dla = direct_logit_attribution(model, ps, by="head", top_k=top)
     patched = [(h.label, h.normalised, h.spread) for h in heads.top[:top]]
     attributed = [(label, value, s) for (label, value), s in zip(dla.contributions, dla.spreads, strict=True)]
+    labels = [label for label, _, _ in patched]
+    one_by_one = ablate(model, ps, components=labels, progress=False)
+    together = ablate(model, ps, components=labels, together=True, progress=False)
+    ablated = [(label, one_by_one.spread.cell((i,), float(one_by_one.effects[i]))) for i, label in enumerate(labels)]
+    ablated.append(("together", together.top[0].spread))
     line = ("head patching: " + "; ".join(f"{label} restores {pct(s, v)}" for label, v, s in patched)
             + ". DLA by head: " + "; ".join(f"{label} {num(s)}" for label, _, s in attributed)
-            + f" of a total logit difference {num(dla.total_spread)}")
+            + f" of a total logit difference {num(dla.total_spread)}. Zero ablation on the clean prompts "
+            f"(unablated {one_by_one.baseline:.2f}) moves it by: "
+            + "; ".join(f"{label} {num(s)}" for label, s in ablated))
     return {"line": line, "patching": [(label, v, s.model_dump(exclude={"values"})) for label, v, s in patched],
             "dla": [(label, v, s.model_dump(exclude={"values"})) for label, v, s in attributed],
-            "dla_total": dla.total_spread.model_dump(exclude={"values"})}, heads
+            "dla_total": dla.total_spread.model_dump(exclude={"values"}), "unablated": one_by_one.baseline,
+            "zero_ablation": [(label, s.model_dump()) for label, s in ablated]}, heads
 
 
 @torch.no_grad()
