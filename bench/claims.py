@@ -147,7 +147,8 @@ def induction(model, n: int = N, top: int = 4, seq_len: int = 40) -> dict:
     line = (f"induction scores over {n} sequences: " + ", ".join(
         f"{label} {grid[l, h]:.2f} ± {std[l, h]:.2f}" for label, (l, h) in zip(labels, heads, strict=True))
         + f" (std over rows; median head {grid.median():.3f}); loss on the repeat {base.mean():.2f} nats "
-        f"(first copy {first_copy.mean():.2f}); zeroing those {top}: {num(rise)} nats; zeroing "
+        f"(first copy {first_copy.mean():.2f}); zeroing those {top}: {num(rise)} nats, "
+        f"{rise.mean / (first_copy.mean() - base.mean()):.0%} of the way back to the first copy; zeroing "
         f"{'/'.join(f'L{l}H{h}' for l, h in lowest)} (lowest scores, same layers): {num(control_rise)} nats "
         f"({n} sequences of {seq_len} random tokens, repeated)")
     return {"line": line, "top": [(label, float(grid[l, h]), float(std[l, h])) for label, (l, h)
