@@ -248,3 +248,38 @@ def test_a_target_faithfulness_gives_the_smallest_top_n_circuit_reaching_it():
     below = evaluate(model, top_n(scores, n - 1), pair, metric)[0]
     assert below.value < 0.7, (n, below)  # one edge fewer falls short
     assert len(found.points()) == 10 and found.points()[-1][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def count_forwards(model) -> list:
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_eap_refuses_sender_buffers_over_the_guards_limit_before_any_forward(method):
+    from lens.errors import MemoryBudgetError
+    from lens.guard import Guard, guarded
+    model = make("llama_like")
+    pair, metric = random_pair(4), answer_metric()
+    forwards = count_forwards(model)
+    with guarded(Guard(max_bytes=4096)), pytest.raises(MemoryBudgetError) as refused:
+        edge_scores(model, pair, metric, method)
+    said = str(refused.value)
+    assert not forwards, f"{len(forwards)} forwards ran before the refusal"
+    assert f"{method.upper()}'s sender differences" in said and "MiB" in said and "shorter prompts" in said, said
+
+
+def test_eap_under_a_moderate_limit_runs_in_chunks_and_equals_the_unchunked_scores():
+    from lens.circuits.scores import _buffer_bytes, _pass_bytes
+    from lens.guard import Guard, guarded
+    model = make("llama_like", torch.float64)
+    graph, pair, metric = Graph.of(model), random_pair(6), answer_metric()
+    whole = edge_scores(model, pair, metric, "eap-ig", steps=3)
+    two_rows = _buffer_bytes(model, graph, 2, 7, "eap-ig") + _pass_bytes(model, graph, 2, 7, 3)
+    forwards = count_forwards(model)
+    with guarded(Guard(max_bytes=two_rows)):
+        chunked = edge_scores(model, pair, metric, "eap-ig", steps=3)
+    # 2 forwards for the clean and corrupted values, then 3 per chunk (corrupted, clean, gradient pass)
+    assert len(forwards) == 2 + 3 * 3, len(forwards)
+    assert (chunked.scores - whole.scores).abs().max() <= 1e-10, max_diff(chunked.scores, whole.scores)

@@ -9,6 +9,12 @@ the prompts; important edges have large |score|. Three methods:
 - "exact": edge patching, one patched copy of the set per edge (the ground truth; small graphs only).
 A node's score is the sum of its outgoing edges' scores (for EAP, the attribution-patching estimate of
 corrupting its whole output); the logits' score is the sum of their incoming edges'.
+
+Memory: EAP keeps every sender's output on a chunk of prompts, [n_senders, prompts, pos, d_model] per
+buffer (the corrupted run's and the differences; EAP-IG also the clean run's). Prompts are chunked so
+that the buffers and the gradient pass fit the budget (the caller's guard, lens.guard), and the largest
+chunk's bytes are reserved through the guard before anything is allocated: a request that cannot fit
+even one prompt at a time is refused before any forward, with the figure and what to shrink.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from lens.circuits.forward import graph_hooks, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
-from lens.guard import limit
+from lens.guard import limit, mib, require
 from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
+from lens.memory import forward_bytes
 from lens.patching.metrics import metric_name
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
 MAX_EXACT_EDGES = 5000
+BUFFERS = {"eap": 2, "eap-ig": 3}  # sender-output buffers a method keeps per chunk of prompts
 
 
 @dataclass
@@ -57,14 +65,41 @@ class EdgeScores:
         return [(self.graph.edge_name(int(i) // R, int(i) % R), float(self.scores.flatten()[i])) for i in index]
 
 
-def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memory_budget: int | None) -> int:
-    """Prompts per gradient pass: activations kept for the backward, per-head inputs, sender deltas."""
-    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
+    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward and the per-head
+    receiver inputs (lens's own estimate, or the guard's estimate of the forward where that is larger)."""
     cfg, size = model.cfg, model.dtype.itemsize
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
     per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
-    per_row = copies_per_row * per_copy + 2 * graph.n_senders * n_pos * cfg.d_model * size
+    with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
+        checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
+    return max(copies * rows * per_copy, checked)
+
+
+def _buffer_bytes(model, graph: Graph, rows: int, n_pos: int, method: Method) -> int:
+    """The sender outputs EAP keeps, each [n_senders, rows, pos, d_model]: the corrupted run's and the
+    differences (EAP-IG: the clean run's too)."""
+    return BUFFERS[method] * graph.n_senders * rows * n_pos * model.cfg.d_model * model.dtype.itemsize
+
+
+def _rows_per_forward(model, graph: Graph, n_pos: int, method: Method, steps: int, memory_budget: int | None) -> int:
+    """Prompts per gradient pass, so that the pass and the sender buffers fit the budget (at least 1)."""
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+    copies = 1 if method == "eap" else steps
+    per_row = _pass_bytes(model, graph, 1, n_pos, copies) + _buffer_bytes(model, graph, 1, n_pos, method)
     return max(1, budget // per_row)
+
+
+def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: int) -> None:
+    """Ask the caller's guard for the largest chunk's sender buffers and gradient pass before anything is
+    allocated, so a request that cannot fit is refused before any forward runs."""
+    buffers = _buffer_bytes(model, graph, rows, n_pos, method)
+    copies = 1 if method == "eap" else steps
+    require(buffers + _pass_bytes(model, graph, rows, n_pos, copies),
+            f"{method.upper()}'s sender differences ({mib(buffers)}: {BUFFERS[method]} x {graph.n_senders} senders x "
+            f"{rows} prompts x {n_pos} positions x {model.cfg.d_model}) with its gradient pass",
+            "use shorter prompts or a smaller model" + (", or method='eap' (one copy per prompt instead of steps, "
+                                                        "two buffers instead of three)" if method == "eap-ig" else ""))
 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
@@ -133,13 +168,14 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
     graph = Graph.of(model)
     batch, n_pos = pair.clean.shape
     positions, per_row = row_metric(metric, n_pos)
+    if method != "exact":
+        chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
+        _reserve(model, graph, chunk, n_pos, method, steps)
     clean_value, corrupted_value = pair.values(model, metric)
     if method == "exact":
         scores = exact_scores(model, graph, pair, metric, memory_budget)
     else:
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
-        copies = 1 if method == "eap" else steps
-        chunk = _rows_per_forward(model, graph, n_pos, copies, memory_budget)
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
             reference = sender_outputs(model, graph, part.corrupted, part.mask)
