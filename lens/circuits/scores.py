@@ -29,8 +29,8 @@ from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
 from lens.guard import limit, mib, require
-from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.memory import forward_bytes
+from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import metric_name
 
 Method = Literal["eap", "eap-ig", "exact"]
@@ -163,6 +163,10 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
+    if method == "eap" and getattr(metric, "flat_at_clean", False):
+        raise ValueError(f"{metric_name(metric)} is 0 at its minimum, the clean run, so its gradient there is 0 and "
+                         f"EAP (the gradient at the clean run) would score every edge 0: use method='eap-ig' (its "
+                         f"gradients are taken between the corrupted and the clean run) or method='exact'")
     from lens.circuits.patched import row_metric
     pair = Pair.of(model, pair)
     graph = Graph.of(model)
