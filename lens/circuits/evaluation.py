@@ -115,7 +115,8 @@ def _masks(graph: Graph, circuits) -> torch.Tensor:
 def evaluate(model, circuits, pair: Pair, metric, ablation: Ablation = "corrupted",
              reference=None, memory_budget: int | None = None) -> list[Faithfulness]:
     """Faithfulness of each circuit (a Circuit, an edge mask, a list of node names or of 'a->b' edges),
-    all evaluated in batched forwards."""
+    all evaluated in batched forwards. pair: a Pair or a prompt set."""
+    pair = Pair.of(model, pair)
     graph = Graph.of(model)
     masks = _masks(graph, circuits)
     ref, corrupted = reference_outputs(model, graph, pair, ablation, reference, metric)
