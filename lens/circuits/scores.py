@@ -3,9 +3,12 @@
 score(s → r) estimates m(clean with edge s → r corrupted) - m(clean), the metric being the mean over
 the prompts; important edges have large |score|. Three methods:
 - "eap" (Syed et al. 2023): (corrupted_s - clean_s) · ∂m/∂input_r on the clean run: one corrupted
-  forward, one clean forward and one backward for every edge at once;
+  forward, one clean forward and one backward for every edge at once (under post-norms a head's
+  difference is taken through its layer's norm, J_norm · (corrupted_h - clean_h), so the score is the
+  derivative of the exact edge-patched metric, lens.circuits.patched);
 - "eap-ig" (Hanna et al. 2024): the same with ∂m/∂input_r averaged over `steps` inputs interpolated
-  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched;
+  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched (under
+  post-norms a head's difference is that of its share of the normed output, forward.shares);
 - "exact": edge patching, one patched copy of the set per edge (the ground truth; small graphs only).
 A node's score is the sum of its outgoing edges' scores (for EAP, the attribution-patching estimate of
 corrupting its whole output); the logits' score is the sum of their incoming edges'.
@@ -24,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from lens.circuits.forward import graph_hooks, sender_outputs
+from lens.circuits.forward import as_shares, graph_hooks, post_norm_jvp, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
@@ -113,9 +116,15 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     batch, n_pos = delta.shape[1], delta.shape[2]
     copies = 1 if interpolate is None else len(interpolate[2])
 
+    head_layer = {graph.head(layer, 0): layer for layer in range(graph.n_layers)} if model.cfg.post_norms else {}
+
     def on_sender(first, x):
         n = x.shape[2]
-        delta[first: first + n] = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)
+        change = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)  # [n, batch, pos, d_model]
+        if first in head_layer:  # post-norms: the change of the layer's normed output, to first order
+            total = x.detach().sum(2)  # [batch, pos, d_model] the norm's input on this run
+            change = post_norm_jvp(model, head_layer[first], total, change.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        delta[first: first + n] = change
 
     def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
         g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
@@ -184,11 +193,13 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
             part = pair.rows(slice(start, start + chunk))
             reference = sender_outputs(model, graph, part.corrupted, part.mask)
             delta = torch.empty_like(reference)
+            if method == "eap-ig":  # additive per-head differences under post-norms (forward.shares)
+                as_shares(model, graph, reference)
             if method == "eap":
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
                            1.0 / batch, (start, start + len(part), batch), reference=reference)
             else:
-                clean = sender_outputs(model, graph, part.clean, part.mask)
+                clean = as_shares(model, graph, sender_outputs(model, graph, part.clean, part.mask))
                 torch.sub(reference, clean, out=delta)
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
