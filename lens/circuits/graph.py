@@ -1,8 +1,8 @@
 """The model as a graph of senders and receivers, the unit of circuit discovery.
 
 Senders write to the residual stream: the input (the embeddings, `blocks.0.hook_resid_pre`), every
-attention head (its term of `hook_attn_out`: `attn.hook_result`, post-normed share under post-norms)
-and every MLP or MoE block (`hook_mlp_out`). Receivers read it: every head's query input and every
+attention head (its term of `hook_attn_out`: `attn.hook_result`; under post-norms its term before the
+layer's norm, which receivers apply to their mix of heads: lens.circuits.forward) and every MLP or MoE block (`hook_mlp_out`). Receivers read it: every head's query input and every
 key/value input (one per kv head under grouped-query attention), every MLP input, and the logits
 (the final residual stream). An edge joins a sender to every receiver after it; within a layer the
 heads feed the MLP of a sequential block and not that of a parallel block. A receiver feeds its node (a
