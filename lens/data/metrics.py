@@ -110,10 +110,12 @@ def kl_divergence(model, ps, position: str = "END", reference: torch.Tensor | No
         raise ValueError(f"this set has no position {position!r}; it has {ps.position_names}")
     at = ps.positions[position]
     against_clean = reference is None
-    if against_clean:
-        with torch.no_grad():
-            logits = model(ps.clean_tokens.to(model.device), return_type="logits")  # right-padded: rows as alone
-        reference = logits[torch.arange(len(ps)), at.to(logits.device)]  # [n_rows, d_vocab]
+    if against_clean:  # right-padded rows run as alone; only each row's read position is unembedded
+        keep, last = {}, f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+        with torch.no_grad(), model.hooks(fwd_hooks=[(last, lambda x, point: keep.update(resid=x))]):
+            model(ps.clean_tokens.to(model.device), return_type=None)
+            resid = keep["resid"][torch.arange(len(ps)), at.to(keep["resid"].device)]  # [n_rows, d_model]
+            reference = model.final_logits(resid[:, None])[:, 0]  # [n_rows, d_vocab]
     if tuple(reference.shape) != (len(ps), model.cfg.d_vocab):
         raise ValueError(f"reference logits have shape {tuple(reference.shape)}; this set needs "
                          f"{(len(ps), model.cfg.d_vocab)} (one distribution per row)")
