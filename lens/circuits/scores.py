@@ -3,12 +3,21 @@
 score(s → r) estimates m(clean with edge s → r corrupted) - m(clean), the metric being the mean over
 the prompts; important edges have large |score|. Three methods:
 - "eap" (Syed et al. 2023): (corrupted_s - clean_s) · ∂m/∂input_r on the clean run: one corrupted
-  forward, one clean forward and one backward for every edge at once;
+  forward, one clean forward and one backward for every edge at once (under post-norms a head's
+  difference is taken through its layer's norm, J_norm · (corrupted_h - clean_h), so the score is the
+  derivative of the exact edge-patched metric, lens.circuits.patched);
 - "eap-ig" (Hanna et al. 2024): the same with ∂m/∂input_r averaged over `steps` inputs interpolated
-  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched;
+  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched (under
+  post-norms a head's difference is that of its share of the normed output, forward.shares);
 - "exact": edge patching, one patched copy of the set per edge (the ground truth; small graphs only).
 A node's score is the sum of its outgoing edges' scores (for EAP, the attribution-patching estimate of
 corrupting its whole output); the logits' score is the sum of their incoming edges'.
+
+Memory: EAP keeps every sender's output on a chunk of prompts, [n_senders, prompts, pos, d_model] per
+buffer (the corrupted run's and the differences; EAP-IG also the clean run's). Prompts are chunked so
+that the buffers and the gradient pass fit the budget (the caller's guard, lens.guard), and the largest
+chunk's bytes are reserved through the guard before anything is allocated: a request that cannot fit
+even one prompt at a time is refused before any forward, with the figure and what to shrink.
 """
 
 from __future__ import annotations
@@ -18,17 +27,19 @@ from typing import Literal
 
 import torch
 
-from lens.circuits.forward import graph_hooks, sender_outputs
+from lens.circuits.forward import as_shares, graph_hooks, post_norm_jvp, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
-from lens.guard import limit
+from lens.guard import limit, mib, require
+from lens.memory import forward_bytes
 from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import metric_name
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
 MAX_EXACT_EDGES = 5000
+BUFFERS = {"eap": 2, "eap-ig": 3}  # sender-output buffers a method keeps per chunk of prompts
 
 
 @dataclass
@@ -57,14 +68,41 @@ class EdgeScores:
         return [(self.graph.edge_name(int(i) // R, int(i) % R), float(self.scores.flatten()[i])) for i in index]
 
 
-def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memory_budget: int | None) -> int:
-    """Prompts per gradient pass: activations kept for the backward, per-head inputs, sender deltas."""
-    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
+    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward and the per-head
+    receiver inputs (lens's own estimate, or the guard's estimate of the forward where that is larger)."""
     cfg, size = model.cfg, model.dtype.itemsize
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
     per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
-    per_row = copies_per_row * per_copy + 2 * graph.n_senders * n_pos * cfg.d_model * size
+    with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
+        checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
+    return max(copies * rows * per_copy, checked)
+
+
+def _buffer_bytes(model, graph: Graph, rows: int, n_pos: int, method: Method) -> int:
+    """The sender outputs EAP keeps, each [n_senders, rows, pos, d_model]: the corrupted run's and the
+    differences (EAP-IG: the clean run's too)."""
+    return BUFFERS[method] * graph.n_senders * rows * n_pos * model.cfg.d_model * model.dtype.itemsize
+
+
+def _rows_per_forward(model, graph: Graph, n_pos: int, method: Method, steps: int, memory_budget: int | None) -> int:
+    """Prompts per gradient pass, so that the pass and the sender buffers fit the budget (at least 1)."""
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+    copies = 1 if method == "eap" else steps
+    per_row = _pass_bytes(model, graph, 1, n_pos, copies) + _buffer_bytes(model, graph, 1, n_pos, method)
     return max(1, budget // per_row)
+
+
+def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: int) -> None:
+    """Ask the caller's guard for the largest chunk's sender buffers and gradient pass before anything is
+    allocated, so a request that cannot fit is refused before any forward runs."""
+    buffers = _buffer_bytes(model, graph, rows, n_pos, method)
+    copies = 1 if method == "eap" else steps
+    require(buffers + _pass_bytes(model, graph, rows, n_pos, copies),
+            f"{method.upper()}'s sender differences ({mib(buffers)}: {BUFFERS[method]} x {graph.n_senders} senders x "
+            f"{rows} prompts x {n_pos} positions x {model.cfg.d_model}) with its gradient pass",
+            "use shorter prompts or a smaller model" + (", or method='eap' (one copy per prompt instead of steps, "
+                                                        "two buffers instead of three)" if method == "eap-ig" else ""))
 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
@@ -78,9 +116,15 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     batch, n_pos = delta.shape[1], delta.shape[2]
     copies = 1 if interpolate is None else len(interpolate[2])
 
+    head_layer = {graph.head(layer, 0): layer for layer in range(graph.n_layers)} if model.cfg.post_norms else {}
+
     def on_sender(first, x):
         n = x.shape[2]
-        delta[first: first + n] = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)
+        change = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)  # [n, batch, pos, d_model]
+        if first in head_layer:  # post-norms: the change of the layer's normed output, to first order
+            total = x.detach().sum(2)  # [batch, pos, d_model] the norm's input on this run
+            change = post_norm_jvp(model, head_layer[first], total, change.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        delta[first: first + n] = change
 
     def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
         g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
@@ -128,27 +172,34 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
+    if method == "eap" and getattr(metric, "flat_at_clean", False):
+        raise ValueError(f"{metric_name(metric)} is 0 at its minimum, the clean run, so its gradient there is 0 and "
+                         f"EAP (the gradient at the clean run) would score every edge 0: use method='eap-ig' (its "
+                         f"gradients are taken between the corrupted and the clean run) or method='exact'")
     from lens.circuits.patched import row_metric
     pair = Pair.of(model, pair)
     graph = Graph.of(model)
     batch, n_pos = pair.clean.shape
     positions, per_row = row_metric(metric, n_pos)
+    if method != "exact":
+        chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
+        _reserve(model, graph, chunk, n_pos, method, steps)
     clean_value, corrupted_value = pair.values(model, metric)
     if method == "exact":
         scores = exact_scores(model, graph, pair, metric, memory_budget)
     else:
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
-        copies = 1 if method == "eap" else steps
-        chunk = _rows_per_forward(model, graph, n_pos, copies, memory_budget)
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
             reference = sender_outputs(model, graph, part.corrupted, part.mask)
             delta = torch.empty_like(reference)
+            if method == "eap-ig":  # additive per-head differences under post-norms (forward.shares)
+                as_shares(model, graph, reference)
             if method == "eap":
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
                            1.0 / batch, (start, start + len(part), batch), reference=reference)
             else:
-                clean = sender_outputs(model, graph, part.clean, part.mask)
+                clean = as_shares(model, graph, sender_outputs(model, graph, part.clean, part.mask))
                 torch.sub(reference, clean, out=delta)
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
