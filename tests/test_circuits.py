@@ -299,6 +299,12 @@ def test_eap_under_a_moderate_limit_runs_in_chunks_and_equals_the_unchunked_scor
     forwards = count_forwards(model)
     with guarded(Guard(max_bytes=two_rows)):
         chunked = edge_scores(model, pair, metric, "eap-ig", steps=3)
-    # 2 forwards for the clean and corrupted values, then 3 per chunk (corrupted, clean, gradient pass)
-    assert len(forwards) == 2 + 3 * 3, len(forwards)
+    # 3 forwards per chunk (corrupted, clean, gradient pass); the metric's clean and corrupted values come
+    # from the first two, chunk by chunk, and equal separate runs of the whole set
+    assert len(forwards) == 3 * 3, len(forwards)
+    clean, corrupted = pair.values(model, metric)
+    with guarded(Guard(max_bytes=two_rows)):
+        eap = edge_scores(model, pair, metric, "eap")
+    for found in (whole, chunked, eap):
+        assert abs(found.clean_value - clean) <= 1e-10 and abs(found.corrupted_value - corrupted) <= 1e-10
     assert (chunked.scores - whole.scores).abs().max() <= 1e-10, max_diff(chunked.scores, whole.scores)

@@ -124,10 +124,22 @@ def final_resid_hook(graph: Graph, keep: dict) -> tuple[str, Callable]:
     return f"blocks.{graph.n_layers - 1}.hook_resid_post", read
 
 
-def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None,
-                   metric=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def place_rows(logits: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor:
+    """logits [copies, batch, k, d_vocab] of rows start..stop of a set of n_rows, placed among zeros for the
+    other rows: a per-row metric of the whole set (each row its own answer and position) reads them in place."""
+    start, stop, n_rows = rows
+    if logits.shape[1] == n_rows:
+        return logits
+    placed = logits.new_zeros(logits.shape[0], n_rows, *logits.shape[2:])
+    placed[:, start:stop] = logits
+    return placed
+
+
+def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, metric=None,
+                   rows: tuple[int, int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
-    per prompt on this input ([batch] float64), from the same forward."""
+    per prompt on this input ([batch] float64), from the same forward. rows (start, stop, n_rows): the
+    input is those rows of a set the metric was made for (default: the whole set)."""
     from lens.circuits.patched import row_metric
     from lens.guard import require
     batch, n_pos = tokens.shape
@@ -145,7 +157,9 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
             return out
         positions, per_row = row_metric(metric, n_pos)
         resid = kept["resid"] if positions is None else kept["resid"][:, positions]
-        return out, per_row(model.final_logits(resid)).double().cpu()
+        start, stop, n_rows = rows or (0, batch, batch)
+        values = per_row(place_rows(model.final_logits(resid)[None], (start, stop, n_rows)))[0, start:stop]
+        return out, values.double().cpu()
 
 
 def as_shares(model, graph: Graph, outputs: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from lens.circuits.forward import as_shares, graph_hooks, post_norm_jvp, sender_outputs
+from lens.circuits.forward import as_shares, graph_hooks, place_rows, post_norm_jvp, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
@@ -40,6 +40,9 @@ Method = Literal["eap", "eap-ig", "exact"]
 METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
 MAX_EXACT_EDGES = 5000
 BUFFERS = {"eap": 2, "eap-ig": 3}  # sender-output buffers a method keeps per chunk of prompts
+# Receivers' gradients gathered before they meet the sender differences in one matmul: with a few receivers
+# at a time the product only streams the differences through memory; with ~64 it is bound by arithmetic.
+GRADIENT_WINDOW = 64
 
 
 @dataclass
@@ -74,6 +77,7 @@ def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
     cfg, size = model.cfg, model.dtype.itemsize
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
     per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
+    per_copy += GRADIENT_WINDOW * n_pos * cfg.d_model * size // copies
     with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
         checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
     return max(copies * rows * per_copy, checked)
@@ -107,12 +111,15 @@ def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
                rows: tuple[int, int, int], interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-               reference: torch.Tensor | None = None) -> None:
-    """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores.
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores, and
+    the metric per row of that forward ([copies, batch] float64).
     rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
     row its own answer and position) reads them in their places among the set's rows.
     delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap).
-    interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major."""
+    interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major.
+    Cells of senders at or after a receiver get values too (the matmul covers a window of receivers); the
+    caller masks them with graph.valid."""
     batch, n_pos = delta.shape[1], delta.shape[2]
     copies = 1 if interpolate is None else len(interpolate[2])
 
@@ -126,9 +133,21 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
             change = post_norm_jvp(model, head_layer[first], total, change.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
         delta[first: first + n] = change
 
+    window = {"grads": [], "receivers": [], "prefix": 0}  # receivers' gradients waiting for the matmul
+
+    def flush():
+        if window["grads"]:
+            prefix, receivers = window["prefix"], torch.cat(window["receivers"])
+            scores[:prefix, receivers] += (delta[:prefix].flatten(1) @ torch.cat(window["grads"]).T).double()
+            window.update(grads=[], receivers=[], prefix=0)
+
     def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
         g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
-        scores[:prefix, rows.start: rows.stop] += (delta[:prefix].flatten(1) @ g.T).double()
+        window["grads"].append(g)
+        window["receivers"].append(torch.arange(rows.start, rows.stop))
+        window["prefix"] = max(window["prefix"], prefix)
+        if sum(len(r) for r in window["receivers"]) >= GRADIENT_WINDOW:
+            flush()
 
     def on_receiver(layer, kind, rows, x):
         y = x.clone()
@@ -157,12 +176,10 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
         model(copied, attention_mask=copied_mask, return_type=None)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(copies, batch, -1, model.cfg.d_vocab)
-        if batch != n_rows:  # the chunk in its place among the set's rows (the others are zeros, unread)
-            placed = logits.new_zeros(copies, n_rows, *logits.shape[2:])
-            placed[:, start:stop] = logits
-            logits = placed
-        value = per_row(logits)[:, start:stop].sum() * weight
-        torch.autograd.grad(value, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+        values = per_row(place_rows(logits, rows))[:, start:stop]
+        torch.autograd.grad(values.sum() * weight, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+    flush()
+    return values.detach().double().cpu()
 
 
 def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 5,
@@ -184,28 +201,32 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
     if method != "exact":
         chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
         _reserve(model, graph, chunk, n_pos, method, steps)
-    clean_value, corrupted_value = pair.values(model, metric)
     if method == "exact":
+        clean_value, corrupted_value = pair.values(model, metric)
         scores = exact_scores(model, graph, pair, metric, memory_budget)
-    else:
+    else:  # the metric on the clean and corrupted prompts comes from forwards the method runs anyway
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
+        clean_rows, corrupted_rows = torch.empty(batch, dtype=torch.float64), torch.empty(batch, dtype=torch.float64)
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
-            reference = sender_outputs(model, graph, part.corrupted, part.mask)
+            rows = (start, start + len(part), batch)
+            reference, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
+                                                                       metric, rows)
             delta = torch.empty_like(reference)
             if method == "eap-ig":  # additive per-head differences under post-norms (forward.shares)
                 as_shares(model, graph, reference)
             if method == "eap":
-                _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / batch, (start, start + len(part), batch), reference=reference)
+                clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, positions,
+                                                        delta, scores, 1.0 / batch, rows, reference=reference)[0]
             else:
-                clean = as_shares(model, graph, sender_outputs(model, graph, part.clean, part.mask))
+                clean, clean_rows[start: rows[1]] = sender_outputs(model, graph, part.clean, part.mask, metric, rows)
+                as_shares(model, graph, clean)
                 torch.sub(reference, clean, out=delta)
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / (batch * steps), (start, start + len(part), batch),
-                           interpolate=(reference[0], clean[0], alphas))
+                           1.0 / (batch * steps), rows, interpolate=(reference[0], clean[0], alphas))
         scores = scores * graph.valid
+        clean_value, corrupted_value = float(clean_rows.mean()), float(corrupted_rows.mean())
     return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
                       {"steps": steps} if method == "eap-ig" else {})
 
