@@ -19,15 +19,6 @@ from lens.data import make_dataset
 from lens.data.metrics import row_metric
 
 
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
-
-
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -52,16 +43,22 @@ def run(n: int = 50, repeats: int = 3) -> dict:
             value = metric(model(pair.clean, attention_mask=pair.mask))
             torch.autograd.grad(value, [keep["leaf"]])
 
-    forward(), forward_backward()  # warm-up
+    found = {}
+    sizes = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+    timed = {"forward_s": forward, "forward_backward_s": forward_backward,
+             "eap_s": lambda: found.update(eap=edge_scores(model, pair, metric, "eap")),
+             "eap_ig_s": lambda: found.update(ig=edge_scores(model, pair, metric, "eap-ig", steps=5)),
+             "curve_s": lambda: found.update(curve=curve(model, found["ig"], pair, metric, sizes))}
     rows = {"n_prompts": len(ps), "n_pos": pair.clean.shape[1], "n_edges": graph.n_edges}
     rss_before = _rss_mib()
-    rows["forward_s"] = _median(forward, repeats)
-    rows["forward_backward_s"] = _median(forward_backward, repeats)
-    found = {}
-    rows["eap_s"] = _median(lambda: found.update(eap=edge_scores(model, pair, metric, "eap")), repeats)
-    rows["eap_ig_s"] = _median(lambda: found.update(ig=edge_scores(model, pair, metric, "eap-ig", steps=5)), 1)
-    sizes = [10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-    rows["curve_s"] = _median(lambda: found.update(curve=curve(model, found["ig"], pair, metric, sizes)), 1)
+    # interleaved: each round times every step once, so a change in the machine's load hits all of them
+    times = {name: [] for name in timed}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, fn in timed.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    rows |= {name: sorted(ts[1:])[len(ts[1:]) // 2] for name, ts in times.items()}
     rows["eap_ratio"] = rows["eap_s"] / rows["forward_backward_s"]
     rows["eap_ig_ratio"] = rows["eap_ig_s"] / rows["forward_backward_s"]
     rows["curve_forwards"] = rows["curve_s"] / rows["forward_s"]

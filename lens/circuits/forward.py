@@ -90,9 +90,12 @@ def shares(model, layer: int, terms: torch.Tensor) -> torch.Tensor:
     return out.to(terms.dtype)
 
 
-def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None,
-                on_receiver: OnReceiver | None = None) -> list[tuple[str, Callable]]:
-    """fwd_hooks for `model.hooks(...)` that report sender outputs and let receivers' inputs be edited."""
+def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None, on_receiver: OnReceiver | None = None,
+                edited: Callable[[int, ReceiverKind], bool] | None = None) -> list[tuple[str, Callable]]:
+    """fwd_hooks for `model.hooks(...)` that report sender outputs and let receivers' inputs be edited;
+    `edited(layer, kind)`: whether that receiver group may be edited (default all). A group left out is
+    not hooked, so its layer computes queries, keys, values or the MLP input the fast way, from one shared
+    residual stream instead of a copy per head."""
     hooks = []
     if on_sender is not None:
         def read_input(x, point):
@@ -107,6 +110,9 @@ def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None,
             hooks += [(f"blocks.{layer}.attn.hook_result", read_heads), (f"blocks.{layer}.hook_mlp_out", read_mlp)]
     if on_receiver is not None:
         for layer, kind, receivers in graph.groups():
+            if edited is not None and not edited(layer, kind):
+                continue
+
             def edit(x, point, layer=layer, kind=kind, receivers=receivers):
                 per_head = x.dim() == 4
                 out = on_receiver(layer, kind, receivers, x if per_head else x[:, :, None])

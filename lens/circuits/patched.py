@@ -215,16 +215,52 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
             this = post_norm(model, layer, layer_sum[layer][c])[:, :, None]
             out_c[:, :, part] += post_norm(model, layer, mixed) - this
 
-    def edit_of(plan: _Plan, c: int, prefix: int, n_rows: int) -> torch.Tensor:
-        """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model]."""
+    layer_groups: dict[int, list[tuple[str, range]]] = {}
+    for layer, kind, rows in groups:
+        layer_groups.setdefault(layer, []).append((kind, rows))
+    early: dict[int, list[dict[str, torch.Tensor]]] = {}  # layer → per copy, kind → [n_rows, batch*pos*d_model]
+
+    def early_edits(layer: int) -> list[dict[str, torch.Tensor]]:
+        """Σ_s weights[s, r] delta_s over the senders before the layer's attention, for every receiver group of
+        the layer (q, k, v and the MLP's share) in one matmul per copy: the differences are streamed through
+        memory once per layer, not once per group. Computed at the layer's first edited receiver."""
+        if layer not in early:
+            n_early = int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
+            per_copy = []
+            for c in range(n_copies):
+                columns, kinds = [], []
+                for kind, _ in layer_groups[layer]:
+                    plan = plans[plan_of[layer, kind]][c]
+                    if plan is None or not len(plan.senders):
+                        continue
+                    cols = slot[plan.senders]
+                    here = cols < n_early
+                    w = torch.zeros(n_early, plan.weights.shape[1], dtype=deltas.dtype)
+                    w[cols[here]] = plan.weights[here].to(deltas.dtype)
+                    columns.append(w)
+                    kinds.append((kind, w.shape[1]))
+                edits = {}
+                if columns and n_early:
+                    product = torch.cat(columns, 1).to(deltas.device).T @ deltas[c, :n_early].flatten(1)
+                    edits = dict(zip([k for k, _ in kinds], product.split([n for _, n in kinds]), strict=True))
+                per_copy.append(edits)
+            early[layer] = per_copy
+        return early[layer]
+
+    def edit_of(plan: _Plan, c: int, layer: int, kind: str, n_rows: int) -> torch.Tensor:
+        """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model] (the senders before the
+        layer's attention from early_edits, the layer's own heads for a sequential block's MLP here)."""
+        if kind == "logits":  # once per forward: its own matmul over every needed sender
+            cols = slot[plan.senders]
+            return plan.weights.to(deltas.device, deltas.dtype).T @ deltas[c, cols].flatten(1)
+        edit = early_edits(layer)[c].pop(kind, None)  # each group's rows are read once: free them
+        n_early = int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
         cols = slot[plan.senders]
-        n_prefix = int(torch.searchsorted(needed_t, prefix))
-        w = plan.weights.to(deltas.device)
-        if len(cols) * 2 >= n_prefix:  # most of the prefix: one matmul over a view, no gather
-            full = torch.zeros(n_prefix, n_rows, dtype=w.dtype, device=w.device)
-            full[cols] = w
-            return full.T @ deltas[c, :n_prefix].flatten(1)
-        return w.T @ deltas[c, cols].flatten(1)
+        late = cols >= n_early  # a sequential block's MLP reads its own layer's heads too
+        if bool(late.any()):
+            extra = plan.weights[late].to(deltas.device, deltas.dtype).T @ deltas[c, cols[late]].flatten(1)
+            edit = extra if edit is None else edit + extra
+        return torch.zeros(n_rows, deltas[0, 0].numel(), dtype=deltas.dtype) if edit is None else edit
 
     def on_receiver(layer, kind, rows, x):  # x [copies * batch, pos, R_g, d_model]
         if kind == "q":
@@ -234,21 +270,26 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         if all(p is None for p in group):
             return None
         n_rows = x.shape[2]
-        prefix = graph.senders_before(layer, kind)
         out = x.clone().view(n_copies, batch, n_pos, n_rows, d_model)
         for c, plan in enumerate(group):
             if plan is None:
                 continue
             if len(plan.senders):
-                out[c] += edit_of(plan, c, prefix, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
+                out[c] += edit_of(plan, c, layer, kind, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
             if plan.flip:
                 out[c] += total[c][:, :, None]
-            for layer, full, part, w in plan.normed:
-                normed_edit(c, layer, full, part, w, out[c])
+            for normed_layer, full, part, w in plan.normed:
+                normed_edit(c, normed_layer, full, part, w, out[c])
         return out.view_as(x)
 
+    # Receiver groups no circuit of this forward edits run unhooked (parallel blocks: the MLP's edit reads the
+    # total kept at its layer's query hook, so that one stays)
+    edited = {(layer, kind) for (layer, kind, _), group in zip(groups, plans, strict=True)
+              if any(p is not None for p in group)}
+    edited |= {(layer, "q") for layer, kind in list(edited) if kind == "mlp" and graph.parallel}
     keep = {}
-    hooks = graph_hooks(model, graph, on_sender, on_receiver) + [final_resid_hook(graph, keep)]
+    hooks = graph_hooks(model, graph, on_sender, on_receiver, lambda layer, kind: (layer, kind) in edited)
+    hooks.append(final_resid_hook(graph, keep))
     rows = tokens.repeat(n_copies, 1)
     rows_mask = None if mask is None else mask.repeat(n_copies, 1)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
