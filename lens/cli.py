@@ -105,36 +105,38 @@ def investigate_command(args) -> None:
     print(report.summary())
 
 
-CITY_TEXTS = ["I flew from Paris to Tokyo, then on to Berlin and Madrid.",
-              "The museums of London and Rome are full in summer.",
-              "We drove through Vienna on the way to Prague and Budapest.",
-              "She wrote the function in Python and tested it on Monday.",
-              "The recipe needs two eggs, flour and a cup of milk."]
-CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest"]
+CITY_TEXT = "I flew from Paris to Tokyo, then on to Berlin and Madrid."
+CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest", " Lisbon",
+          " Barcelona", " Sydney", " Dubai", " Seoul", " Edinburgh", " Amsterdam", " Moscow", " Cairo", " Boston",
+          " Istanbul", " Athens", " Beijing", " Mumbai", " Chicago", " Dublin"]  # one token each in SmolLM2
+PLACE_PROMPTS = ["Next year the conference moves to", "I was born in the city of", "Our flight landed in",
+                 "The best pizza I ever had was in", "They bought a flat in", "The marathon is held every year in"]
 
 
 def features(model, out_dir: Path) -> list[tuple[str, str | None]]:
-    """A dictionary on the model (lens.sae): its quality numbers, the features of a sentence, the
-    feature most selective for city names and its top contexts over held-out text, and steering with it."""
+    """The default dictionary on the model (lens.sae.train; about a minute to train once, then cached): its
+    quality on held-out text, the features of a sentence, the feature most selective for city names with
+    its top contexts over held-out text, and its causal check (ablated, added)."""
     from lens.sae import train
     from lens.sae.quality import quality
     from lens.sae.reading import max_activating, selective_features, top_features
-    from lens.sae.steering import steer_feature
+    from lens.sae.steering import token_set_effect
 
-    recipe = train.Recipe() if train.is_cached(model) else train.QUICK  # QUICK trains in seconds
-    sae = train.default_dictionary(model, recipe, verbose=False)
-    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:3]
-    checked = quality(model, sae, heldout)
-    top = top_features(model, sae, CITY_TEXTS[0], k=3)
-    city = selective_features(model, sae, CITY_TEXTS, CITIES, k=1)[0]
-    contexts = max_activating(model, sae, heldout + CITY_TEXTS, city.feature, k=6, window=(6, 2))
-    steered = steer_feature(model, sae, "Last year we went on holiday to", city.feature,
-                            coefficients=[0.0, 2 * max(c.activation for c in contexts.contexts)], max_new_tokens=8)
-    name = "the default" if recipe == train.Recipe() else "a quick (not yet cached)"
-    return [(f"dictionary: {name} {sae!r}\n{checked.summary()}", None),
+    cached = train.is_cached(model)
+    sae = train.default_dictionary(model)
+    heldout = train.heldout_texts(model)
+    generated = heldout[-len(train.HELDOUT_PROMPTS):]  # everyday text, places among it
+    checked = quality(model, sae, heldout[50:])  # the last 10 held-out docstrings and the generated texts
+    top = top_features(model, sae, CITY_TEXT, k=3)
+    city = selective_features(model, sae, generated, CITIES, k=1)[0]
+    contexts = max_activating(model, sae, heldout, city.feature, k=6, window=(6, 2))
+    effect = token_set_effect(model, sae, PLACE_PROMPTS, city.feature, CITIES, coefficient=round(city.on_targets))
+    how = "cached" if cached else "trained now, cached for next time"
+    return [(f"dictionary ({how}): {sae!r}, trained on {train.training_summary(model)}\n{checked.summary()}", None),
             (top.summary(), top.plot(out_dir / "features.png")),
-            (f"feature #{city.feature} is the most selective for city names (mean {city.on_targets:.2f} on them, "
-             f"{city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n{steered.summary()}", None)]
+            (f"feature #{city.feature} is the most selective for city names in {len(generated)} held-out texts "
+             f"(mean {city.on_targets:.2f} on them, {city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n"
+             f"{effect.summary()}", None)]
 
 
 def main(argv: list[str] | None = None) -> None:

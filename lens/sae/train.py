@@ -237,6 +237,13 @@ def is_cached(model, recipe: Recipe = Recipe()) -> bool:
     return (cache_dir() / _key(model, recipe) / "complete").exists()
 
 
+def training_summary(model, recipe: Recipe = Recipe()) -> str:
+    """What the cached dictionary of `recipe` was trained on, and how long it took (from its stats.json)."""
+    stats = json.loads((cache_dir() / _key(model, recipe) / "stats.json").read_text())
+    return (f"{stats['training_tokens']:,} tokens of {stats['corpus']} ({stats['generated_tokens']:,} generated), "
+            f"in {stats['total_s']:.0f} s")
+
+
 def default_dictionary(model, recipe: Recipe = Recipe(), verbose: bool = True) -> SAE:
     """The dictionary `recipe` trains on this model, from the cache or trained now (and cached).
 
