@@ -139,7 +139,9 @@ def test_set_patching_equals_single_prompt_runs_row_by_row(name):
             corrupted_rows = torch.tensor(_corrupted_rows(model, ps), dtype=torch.float64)
             per_row = (cell - corrupted_rows) / gap
             assert abs(top.spread.mean - per_row.mean().item()) < 1e-5
-            assert top.spread.n_positive == int((per_row > 0).sum())
+            # rows the patch leaves unchanged score exactly 0 in lens (their own base run); the reference
+            # corrupted run here is another batch, so it is off by float rounding: count past 1e-6
+            assert top.spread.n_positive == int((per_row > 1e-6).sum())
 
 
 def _corrupted_rows(model, ps):

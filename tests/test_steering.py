@@ -47,6 +47,23 @@ def test_coefficient_zero_is_plain_generation_and_shifts_follow_the_vector(tiny)
     assert later.generations[0].text != zero.text
 
 
+@pytest.mark.parametrize("layer", [0, -1])
+def test_shifts_equal_a_steered_forward_minus_a_plain_one(tiny, layer):
+    prompt = torch.tensor([[3, 14, 15, 9, 2]])
+    vector = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    result = steer(tiny, prompt, vector, layer=layer, coefficients=[2.0, -5.0], max_new_tokens=3, tokens=[7, 11],
+                   answer=7, baseline=11)
+    plain = tiny(prompt)[0, -1]
+    name = f"blocks.{layer % tiny.cfg.n_layers}.hook_resid_post"
+    for generation in result.generations:
+        steered = tiny.run_with_hooks(prompt, fwd_hooks=[(name, lambda x, point, c=generation.coefficient:
+                                                          x + c * vector)])[0, -1]
+        moved = steered - plain
+        assert abs(generation.logit_shifts["<7>"] - moved[7].item()) < 1e-5
+        assert abs(generation.logit_shifts["<11>"] - moved[11].item()) < 1e-5
+        assert abs(generation.metric_shift - (moved[7] - moved[11]).item()) < 1e-5
+
+
 def test_bad_steering_arguments_say_what_is_valid(tiny):
     prompt = torch.tensor([[1, 2, 3]])
     with pytest.raises(ValueError, match=r"shape \[d_model\] = \[32\]"):

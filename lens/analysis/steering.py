@@ -170,10 +170,17 @@ def steer_with_hooks(model, ids: torch.Tensor, make_hooks, settings: Sequence[tu
     answer_id = None if answer is None else token_id(model, answer)
     baseline_id = None if baseline is None else token_id(model, baseline)
     batch = ids.expand(len(settings) + 1, -1)
-    with model.hooks(make_hooks(settings)):
-        logits = model(batch)[:, -1]  # [1 + settings, d_vocab] at the prompt's last position
+    prompt_end = {}
+
+    def keep(resid, point):  # the generation's first step runs the prompt: keep its last position
+        if point.ctx.offset == 0:
+            prompt_end["resid"] = resid[:, -1:]
+    final = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    with model.hooks([*make_hooks(settings), (final, keep)]):
         out = model.generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                              seed=seed, verbose=False)
+        # [1 + settings, d_vocab] at the prompt's last position (no generation ran: one forward for it)
+        logits = model.final_logits(prompt_end["resid"])[:, -1] if prompt_end else model(batch)[:, -1]
     generations = []
     for k, (layer, coefficient) in enumerate(settings, start=1):
         new = out[k, ids.shape[1]:]

@@ -22,7 +22,7 @@ import torch
 from lens.analysis.common import all_in_range, str_tokens
 from lens.hooks import act_name
 from lens.patching.engine import Edit, run_patches, scalar
-from lens.patching.inputs import check_length, pair_or_set, sweep_scores
+from lens.patching.inputs import by_length, check_length, join_rows, pair_or_set, set_texts, sweep_scores
 from lens.patching.metrics import metric_name
 from lens.patching.result import PatchResult, patch_result
 from lens.patching.slots import (
@@ -269,18 +269,28 @@ def patch(model, clean, corrupted=None, metric=None, what: What = "resid_pre", p
     indices when all rows have one length. Returns scores, normalised scores (0 = corrupted, 1 = clean), the
     top hotspots, summary() and plot(path); per_row keeps every row's values (sets).
     """
-    side = clean_side(model, clean, corrupted, metric, what, positions, layers)
-    patches = []
-    for index in side.rows:
-        hook = act_name(side.spec.hook, index[0])
-        patches.append([Edit(hook, write_slot(side.clean_cache[hook], slot_of(side.spec, index, side.fixed,
-                                                                              side.masks)))])
-    sweep = run_patches(model, side.corrupted_tokens, side.metric, patches, attention_mask=side.mask,
-                        vectorised=vectorised_metric, batch_size=batch_size, memory_budget=memory_budget,
-                        progress=progress, desc=f"patching {what}")
-    scores = sweep_scores(sweep.values, [len(c) for c in side.coords])
-    corrupted_value = sweep.base_value if sweep.base_rows is None else sweep.base_rows
-    return patch_result("activation patching", what, metric_name(side.metric), *side.texts, scores,
-                        side.clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
+    runs = []  # (rows, side, sweep): a set whose rows differ in length runs one sweep per length
+    for rows, part in by_length(clean, metric, positions):
+        # each part sweeps the whole set's positions (a part of one length would default to its indices)
+        swept = set_positions(clean, positions) if rows is not None and "pos" in target(model, what).axes \
+            else positions
+        side = clean_side(model, part, corrupted, metric, what, swept, layers)
+        patches = []
+        for index in side.rows:
+            hook = act_name(side.spec.hook, index[0])
+            patches.append([Edit(hook, write_slot(side.clean_cache[hook], slot_of(side.spec, index, side.fixed,
+                                                                                  side.masks)))])
+        sweep = run_patches(model, side.corrupted_tokens, side.metric, patches, attention_mask=side.mask,
+                            vectorised=vectorised_metric, batch_size=batch_size, memory_budget=memory_budget,
+                            progress=progress, desc=f"patching {what}")
+        runs.append((rows, side, sweep))
+    shape = [len(c) for c in side.coords]
+    scores = join_rows([(rows, sweep_scores(sweep.values, shape)) for rows, _, sweep in runs])
+    clean_value = join_rows([(rows, s.clean_value) for rows, s, _ in runs])
+    corrupted_value = sweep.base_value if sweep.base_rows is None else \
+        join_rows([(rows, sweep.base_rows) for rows, _, sweep in runs])
+    texts = side.texts if len(runs) == 1 else set_texts(clean)
+    return patch_result("activation patching", what, metric_name(side.metric), *texts, scores,
+                        clean_value, corrupted_value, side.axes, side.coords, side.labels, top_k,
                         corrupted_str_tokens=corrupted_labels(model, side),
                         per_row=per_row)

@@ -68,14 +68,49 @@ def pair_or_set(model, clean, corrupted, metric):
         if ps.corruption == "noise":
             raise ValueError("this set corrupts by noise, so it has no corrupted prompts to patch from; use "
                              "lens.data.causal_trace, or a set with corrupted prompts")
-        more = f" (+{len(ps) - 1} more)" if len(ps) > 1 else ""
         return (ps.clean_tokens.to(model.device), ps.corrupted_tokens.to(model.device), None,
-                as_row_metric(ps, metric), ps, (ps.rows[0].clean + more, ps.rows[0].corrupted + more))
+                as_row_metric(ps, metric), ps, set_texts(ps))
     if corrupted is None or metric is None:
         raise ValueError("give clean and corrupted prompts and a metric, or a lens.data.PromptSet as clean")
     clean_tokens, corrupted_tokens, mask = pair_tokens(model, clean, corrupted)
     texts = (prompt_text(model, clean, clean_tokens[:1]), prompt_text(model, corrupted, corrupted_tokens[:1]))
     return clean_tokens, corrupted_tokens, mask, metric, None, texts
+
+
+def set_texts(ps) -> tuple[str, str]:
+    """How a result names a set's prompts: its first row's, and how many more."""
+    more = f" (+{len(ps) - 1} more)" if len(ps) > 1 else ""
+    return ps.rows[0].clean + more, ps.rows[0].corrupted + more
+
+
+def by_length(prompts, metric, positions) -> list[tuple[torch.Tensor | None, object]]:
+    """A prompt set whose rows differ in length, split into one set per length with the rows it holds:
+    a sweep over each runs no padding, and skips the positions before the first change (the engine does
+    that only for unpadded inputs). Measured on a 50-row IOI set of 14-17 tokens, head patching ran 1.36x
+    faster split than padded. [(None, prompts)] when there is nothing to split, or when it would change
+    what is computed: one prompt, one length, a metric made for the whole set (not a kind), or positions
+    given as indices (which a padded set resolves against its longest row)."""
+    from lens.data.prompt_set import PromptSet
+    named = positions is None or all(isinstance(p, str) for p in ([positions] if isinstance(positions, str)
+                                                                    else positions))
+    if not isinstance(prompts, PromptSet) or prompts.same_length or not named or \
+            not (metric is None or isinstance(metric, str)):
+        return [(None, prompts)]
+    lengths = prompts.lengths
+    return [(rows, prompts[rows.tolist()]) for rows in
+            ((lengths == n).nonzero()[:, 0] for n in lengths.unique(sorted=True))]
+
+
+def join_rows(parts: list[tuple[torch.Tensor | None, torch.Tensor]]) -> torch.Tensor:
+    """Per-row values of the parts by_length made ([rows of the part, ...] each) back in the set's row order."""
+    if parts[0][0] is None:
+        return parts[0][1]
+    n = sum(len(rows) for rows, _ in parts)
+    first = parts[0][1]
+    out = first.new_empty(n, *first.shape[1:])
+    for rows, values in parts:
+        out[rows] = values
+    return out
 
 
 def sweep_scores(values: torch.Tensor, shape) -> torch.Tensor:
