@@ -95,6 +95,18 @@ def ioi_circuit(model, out_dir: Path, n: int = 16) -> tuple[str, str]:
     return f"IOI circuit ({n} prompts):\n" + found.summary(8), found.plot(out_dir / "ioi_circuit.png")
 
 
+def prepare(model_name: str = DEFAULT_MODEL) -> None:
+    """Convert the model's weights, train its default dictionary and generate the held-out text, all cached
+    (LENS_CACHE), so that `lens demo` starts from the cache: `make` runs this once when it sets up."""
+    from lens import HookedTransformer
+    from lens.sae import train
+
+    model = HookedTransformer.from_pretrained(model_name)
+    train.default_dictionary(model)
+    train.heldout_texts(model)
+    print(f"cached: {model_name}'s weights and dictionary ({train.training_summary(model)})")
+
+
 def investigate_command(args) -> None:
     from lens import HookedTransformer, investigate
     from lens.data import make_dataset
@@ -148,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--answer", default=DEMO_ANSWER, help="the expected next token (one token)")
     run.add_argument("--out", default="lens-demo", help="folder for the plots (default ./lens-demo)")
     sub.add_parser("models", help="list the registry aliases")
+    prep = sub.add_parser("prepare", help="fill the cache the demo reads: the model's converted weights and its "
+                                          "trained dictionary (about 1.5 min of CPU once)")
+    prep.add_argument("--model", default=DEFAULT_MODEL)
     inv = sub.add_parser("investigate", help="the standard battery on a generated prompt set → a Markdown report")
     inv.add_argument("--model", default=DEFAULT_MODEL)
     inv.add_argument("--task", default="ioi", choices=["ioi", "factual", "induction", "greater_than", "agreement"])
@@ -163,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "investigate":
         investigate_command(args)
+        return
+    if args.command == "prepare":
+        prepare(args.model)
         return
     if args.command is None:  # `python -m lens` alone runs the demo
         args = parser.parse_args(["demo"])
