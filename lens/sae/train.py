@@ -18,10 +18,11 @@ other prompts) comes from `heldout_texts`.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -218,6 +219,20 @@ def fit(acts: torch.Tensor, recipe: Recipe, model_name: str | None = None) -> SA
         return SAE.load(tmp)
 
 
+@contextlib.contextmanager
+def _quiet_sae_lens():
+    """SAELens's trainer without its tqdm progress bars (tqdm reads TQDM_DISABLE only when imported)."""
+    from functools import partial
+
+    from tqdm.auto import tqdm
+    with contextlib.ExitStack() as stack:
+        for name in ("sae_lens.training.sae_trainer", "sae_lens.training.activation_scaler"):
+            module = importlib.import_module(name)
+            if hasattr(module, "tqdm"):
+                stack.enter_context(patch.object(module, "tqdm", partial(tqdm, disable=True)))
+        yield
+
+
 def cache_dir() -> Path:
     from lens.loading.weight_cache import cache_root
     return cache_root().parent / "dictionaries"
@@ -274,8 +289,9 @@ def default_dictionary(model, recipe: Recipe = Recipe(), verbose: bool = True) -
     rows = torch.cat([generated, docs])
     acts = activations(model, recipe.hook, rows)
     lap("activations_s")
-    quiet = {} if verbose else {"TQDM_DISABLE": "1"}  # SAELens's progress bars
-    with patch.dict(os.environ, quiet):
+    with contextlib.ExitStack() as stack:
+        if not verbose:  # SAELens's progress bars
+            stack.enter_context(_quiet_sae_lens())
         sae = fit(acts, recipe, model.load_info.get("name"))
     lap("fit_s")
     stats = {"training_tokens": len(acts), "generated_tokens": len(generated) * (recipe.context - 1),
