@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bench import analysis, circuits, forward, generation, loading, patching, sets
+from bench import analysis, circuits, claims, forward, generation, loading, patching, sets
 
 parser = argparse.ArgumentParser(prog="bench")
 parser.add_argument("--quick", action="store_true", help="fewer repeats, no load benchmark")
@@ -35,6 +35,7 @@ results["mcp"] = mcp_rows
 results["patching"] = patching.main(quick=args.quick)  # IOI sweeps: batched vs naive, attribution patching
 results["sets"] = sets.main(quick=args.quick)  # a 50-row IOI set: batched vs naive and TransformerLens; steering
 results["circuits"] = circuits.main(quick=args.quick)  # EAP, EAP-IG and a faithfulness curve vs forward(+backward)
+results["claims"] = claims.main(quick=args.quick)  # each SKILL.md workflow's claim over a set, the figures it quotes
 out = Path(__file__).parent / "results" / "latest.json"
 out.parent.mkdir(exist_ok=True)
 out.write_text(json.dumps(results, indent=1))

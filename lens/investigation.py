@@ -66,13 +66,16 @@ def investigate(model, prompt_set, metric="logit_diff", out_dir="lens-investigat
                 faithfulness: float = 0.8) -> Investigation:
     """Run the battery above on a prompt set with clean and corrupted prompts; write out_dir/report.md."""
     from lens.circuits import find_circuit
-    from lens.data.metrics import as_row_metric
+    from lens.data.metrics import RowMetric, as_row_metric
 
     ps = prompt_set
     if ps.corrupted_tokens is None:
         raise ValueError("investigate patches between clean and corrupted prompts; this set has none "
                          "(noise corruption): build one with corrupted prompts")
     metric = as_row_metric(ps, metric)
+    if not isinstance(metric, RowMetric) or getattr(metric, "flat_at_clean", False):
+        raise ValueError(f"investigate reads an answer metric at one position per row (logit lens, DLA along the "
+                         f"answer's direction): use 'logit_diff', 'logit', 'prob' or 'logprob', not {metric.name!r}")
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     dev = model.device

@@ -24,6 +24,8 @@ Rows = Text | Annotated[list[Text], Field(max_length=1000)]
 TokenRows = Annotated[str, Field(min_length=1, max_length=200)] | Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=1000)]
 DatasetRef = Annotated[str | None, Field(max_length=100)]  # a handle from the dataset tool (instructions)
+# [first, last] predicting positions of metric='loss' (a negative one counts from each row's end)
+Span = Annotated[list[Annotated[int, Field(ge=-100_000, le=100_000)]] | None, Field(min_length=2, max_length=2)]
 SetPositions = Annotated[list[int | Annotated[str, Field(max_length=40)]] | None, Field(min_length=1, max_length=4096)]
 
 

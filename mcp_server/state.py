@@ -363,14 +363,8 @@ class State:
         return entry
 
     def vector(self, handle: str, model_handle: str) -> StoredVector:
-        with self._lock:
-            entry = self.vectors.get(handle)
-        if entry is None:
-            raise ToolError(f"no steering vector {handle!r}; stored: {list(self.vectors) or 'none'}. Give positive "
-                            f"and negative prompts to build one.")
-        if entry.model_handle != model_handle:
-            raise ToolError(f"steering vector {handle!r} was built on {entry.model_handle!r}, not {model_handle!r}")
-        return entry
+        return self._stored(self.vectors, handle, model_handle, "steering vector", "built on",
+                            "steer (positive and negative prompts)")
 
     # --- prompt sets --------------------------------------------------------------------------
 
@@ -381,15 +375,8 @@ class State:
         return entry
 
     def dataset(self, handle: str, model_handle: str) -> StoredDataset:
-        with self._lock:
-            entry = self.datasets.get(handle)
-        if entry is None:
-            raise ToolError(f"no dataset {handle!r}; stored: {list(self.datasets) or 'none'}. Make one with "
-                            f"dataset(task=...) or dataset(path=...).")
-        if entry.model_handle != model_handle:
-            raise ToolError(f"dataset {handle!r} was tokenized for {entry.model_handle!r}, not {model_handle!r}; "
-                            f"make it again for this model")
-        return entry
+        return self._stored(self.datasets, handle, model_handle, "dataset", "tokenized for",
+                            "dataset(task=...) or dataset(path=...)")
 
     # --- circuits ------------------------------------------------------------------------------
 
@@ -402,12 +389,20 @@ class State:
         return entry
 
     def circuit(self, handle: str, model_handle: str) -> StoredCircuit:
+        return self._stored(self.circuits, handle, model_handle, "circuit", "found on", "find_circuit")
+
+    def _stored(self, held: dict, handle: str, model_handle: str, what: str, made: str, how: str):
+        """The entry a handle names in `held` (steering vectors, datasets, circuits), which belongs to one
+        model: a handle that is not there, or that was `made` on another model, is a ToolError naming the
+        handles there are and the call that makes one (`how`)."""
         with self._lock:
-            entry = self.circuits.get(handle)
+            entry = held.get(handle)
+            stored = list(held) or "none"
         if entry is None:
-            raise ToolError(f"no circuit {handle!r}; stored: {list(self.circuits) or 'none'}. Run find_circuit first.")
+            raise ToolError(f"no {what} {handle!r}; stored: {stored}. Make one with {how}.")
         if entry.model_handle != model_handle:
-            raise ToolError(f"circuit {handle!r} was found on {entry.model_handle!r}, not {model_handle!r}")
+            raise ToolError(f"{what} {handle!r} was {made} {entry.model_handle!r}, not {model_handle!r}; it belongs "
+                            f"to that model: make one for this model with {how}.")
         return entry
 
     def close(self) -> None:

@@ -112,7 +112,7 @@ def test_removing_one_edge_equals_adding_the_senders_corrupted_change_to_that_re
     assert (expected - model(pair.clean)).abs().max() > 1e-4  # the edge matters, so the test can fail
 
 
-@pytest.mark.parametrize("variant", ["gpt2_like", "llama_like", "parallel", "gemma_like"])
+@pytest.mark.parametrize("variant", ["gpt2_like", "llama_like", "parallel", "olmo2_like", "gemma_like"])
 def test_eap_scores_are_the_fp64_directional_derivative_along_each_edge(variant):
     model = make(variant, torch.float64)
     graph, pair, metric = Graph.of(model), random_pair(4), answer_metric()
@@ -151,14 +151,18 @@ def test_eap_ig_with_many_steps_tracks_exact_edge_patching_better_than_eap(std, 
     assert correlation(exact, ig) > correlation(exact, eap)
 
 
-@pytest.mark.parametrize("variant", ["gpt2_like", "llama_like", "parallel"])
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
 def test_a_node_list_circuit_equals_patching_every_other_nodes_output_with_its_corrupted_value(variant):
+    """On every family, post-norms (gemma_like: sandwich norms; olmo2_like: post-norms only and one q/k norm
+    over all heads) included: the heads of a layer split between the circuit and the rest still equal
+    plain node patching of hook_result, because the engine applies each layer's post-norm to the mix."""
     model = make(variant)
     graph, pair = Graph.of(model), random_pair()
-    nodes = ["L0H1", "L1H0", "L1H3", "L1.mlp", "L2H2"]
-    heads = {layer: [h for h in range(4) if f"L{layer}H{h}" not in nodes] for layer in range(3)}
-    mlps = [layer for layer in range(3) if f"L{layer}.mlp" not in nodes]
-    names = [f"blocks.{layer}.attn.hook_result" for layer in range(3)] + [f"blocks.{layer}.hook_mlp_out" for layer in range(3)]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    nodes = ["L0H1", "L1H0", "L1H3", "L1.mlp", "L2H2"]  # every layer's heads split
+    heads = {layer: [h for h in range(H) if f"L{layer}H{h}" not in nodes] for layer in range(L)}
+    mlps = [layer for layer in range(L) if f"L{layer}.mlp" not in nodes]
+    names = [f"blocks.{layer}.attn.hook_result" for layer in range(L)] + [f"blocks.{layer}.hook_mlp_out" for layer in range(L)]
     with torch.no_grad():
         _, corrupted = model.run_with_cache(pair.corrupted, names_filter=names)
 
@@ -167,13 +171,28 @@ def test_a_node_list_circuit_equals_patching_every_other_nodes_output_with_its_c
         out = heads[point.layer()]
         x[:, :, out] = corrupted[point.name][:, :, out]
         return x
-    hooks = [(f"blocks.{layer}.attn.hook_result", patch_heads) for layer in range(3)]
+    hooks = [(f"blocks.{layer}.attn.hook_result", patch_heads) for layer in range(L)]
     hooks += [(f"blocks.{layer}.hook_mlp_out", lambda x, point: corrupted[point.name]) for layer in mlps]
     with torch.no_grad():
         expected = model.run_with_hooks(pair.clean, fwd_hooks=hooks)
+        clean = model(pair.clean)
     off = (~Circuit.from_nodes(graph, nodes).edges).float()[None]
     got = patched_logits(model, pair, off)[0]
     assert (got - expected).abs().max() <= 1e-5, max_diff(got, expected)
+    assert (expected - clean).abs().max() > 1e-2  # the patch matters, so the test can fail
+
+
+def test_under_a_joint_qk_norm_a_query_input_feeds_every_head_of_its_layer():
+    """OLMo-2 normalises all heads' queries (and keys) together, so an edge into one head's query input
+    moves every head of the layer: the graph says so, and a circuit keeps those edges alive."""
+    graph = Graph.of(make("olmo2_like"))  # 4 heads, 2 kv heads, joint q/k norm
+    assert graph.joint_qk and not Graph.of(make("gemma_like")).joint_qk
+    q, k, v = (graph.receivers(1, kind) for kind in ("q", "k", "v"))
+    every = [graph.head(1, h) for h in range(4)]
+    assert graph.receiver_nodes[q[3]] == every and graph.receiver_nodes[k[0]] == every
+    assert graph.receiver_nodes[v[1]] == every[2:]  # values are not normed: a kv group's heads
+    loaded = Circuit.from_dict(Circuit.from_nodes(graph, ["L1H0"]).to_dict())
+    assert loaded.graph == graph and loaded.nodes == ["input", "L1H0", "logits"]
 
 
 def test_graph_counts_edges_and_names_kv_receivers_per_kv_head():
@@ -248,3 +267,44 @@ def test_a_target_faithfulness_gives_the_smallest_top_n_circuit_reaching_it():
     below = evaluate(model, top_n(scores, n - 1), pair, metric)[0]
     assert below.value < 0.7, (n, below)  # one edge fewer falls short
     assert len(found.points()) == 10 and found.points()[-1][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def count_forwards(model) -> list:
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_eap_refuses_sender_buffers_over_the_guards_limit_before_any_forward(method):
+    from lens.errors import MemoryBudgetError
+    from lens.guard import Guard, guarded
+    model = make("llama_like")
+    pair, metric = random_pair(4), answer_metric()
+    forwards = count_forwards(model)
+    with guarded(Guard(max_bytes=4096)), pytest.raises(MemoryBudgetError) as refused:
+        edge_scores(model, pair, metric, method)
+    said = str(refused.value)
+    assert not forwards, f"{len(forwards)} forwards ran before the refusal"
+    assert f"{method.upper()}'s sender differences" in said and "MiB" in said and "shorter prompts" in said, said
+
+
+def test_eap_under_a_moderate_limit_runs_in_chunks_and_equals_the_unchunked_scores():
+    from lens.circuits.scores import _buffer_bytes, _pass_bytes
+    from lens.guard import Guard, guarded
+    model = make("llama_like", torch.float64)
+    graph, pair, metric = Graph.of(model), random_pair(6), answer_metric()
+    whole = edge_scores(model, pair, metric, "eap-ig", steps=3)
+    two_rows = _buffer_bytes(model, graph, 2, 7, "eap-ig") + _pass_bytes(model, graph, 2, 7, 3)
+    forwards = count_forwards(model)
+    with guarded(Guard(max_bytes=two_rows)):
+        chunked = edge_scores(model, pair, metric, "eap-ig", steps=3)
+    # 3 forwards per chunk (corrupted, clean, gradient pass); the metric's clean and corrupted values come
+    # from the first two, chunk by chunk, and equal separate runs of the whole set
+    assert len(forwards) == 3 * 3, len(forwards)
+    clean, corrupted = pair.values(model, metric)
+    with guarded(Guard(max_bytes=two_rows)):
+        eap = edge_scores(model, pair, metric, "eap")
+    for found in (whole, chunked, eap):
+        assert abs(found.clean_value - clean) <= 1e-10 and abs(found.corrupted_value - corrupted) <= 1e-10
+    assert (chunked.scores - whole.scores).abs().max() <= 1e-10, max_diff(chunked.scores, whole.scores)

@@ -8,11 +8,15 @@ import torch
 from test_mcp_support import IOI_CLEAN, IOI_CORRUPTED, ok, refused, run, tiny_model, tiny_server
 
 from lens import circuits
-from lens.data import PromptSet
+from lens.data import PromptSet, kl_divergence, span_loss
 from lens.data.metrics import row_metric
 
 ROWS = {"clean": [IOI_CLEAN, IOI_CORRUPTED], "corrupted": [IOI_CORRUPTED, IOI_CLEAN],
         "answer": [" Mary", " John"], "baseline": [" John", " Mary"]}
+# two IOI rows whose clean and corrupted means differ (ROWS's two rows mirror each other)
+TWO = {"clean": [IOI_CLEAN, "When John and Mary went to the store, Mary gave a drink to"],
+       "corrupted": [IOI_CORRUPTED, "When John and Mary went to the store, John gave a drink to"],
+       "answer": [" Mary", " John"], "baseline": [" John", " Mary"]}
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +51,67 @@ def test_find_circuit_returns_the_lens_circuit_a_plot_and_a_handle_evaluate_circ
     assert len(json.dumps(found)) <= 4096 and len(found["curve"]) >= 5
 
 
-def test_find_circuit_refuses_a_request_without_prompts(model, tmp_path):
+def test_a_dataset_handle_gives_the_same_circuit_as_the_same_rows_given_as_lists(model, tmp_path):
+    folder = tmp_path / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(zip(TWO, values, strict=True)) for values in zip(*TWO.values(), strict=True)]
+    (folder / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    nodes = ["L0H1", "L1.mlp", "L2H3"]
+
     async def scenario(client):
-        return await refused(client, "find_circuit", {"clean": [IOI_CLEAN]})
-    assert "give task=" in run(tiny_server(model, tmp_path), scenario)
+        made = await ok(client, "dataset", {"path": "rows.jsonl"})
+        by_handle = await ok(client, "find_circuit", {"dataset": made["dataset"], "method": "eap", "edges": 25,
+                                                      "plot": False})
+        by_lists = await ok(client, "find_circuit", {**TWO, "method": "eap", "edges": 25, "plot": False})
+        evaluated = [await ok(client, "evaluate_circuit", {"nodes": nodes, **given})
+                     for given in ({"dataset": made["dataset"]}, TWO)]
+        loss = await ok(client, "evaluate_circuit", {"nodes": nodes, "dataset": made["dataset"], "metric": "loss",
+                                                     "span": [2, -2]})
+        return by_handle, by_lists, evaluated, loss
+    by_handle, by_lists, (nodes_by_handle, nodes_by_lists), loss = run(tiny_server(model, tmp_path), scenario)
+    assert by_handle["faithfulness"] == by_lists["faithfulness"] and by_handle["nodes"] == by_lists["nodes"]
+    assert by_handle["top_edges"] == by_lists["top_edges"] and "over 2 prompts" in by_handle["interpretation"]
+    assert nodes_by_handle["faithfulness"] == nodes_by_lists["faithfulness"]
+    ps = PromptSet.from_lists(model, **TWO)
+    graph = circuits.Graph.of(model)
+    for got, metric in ((nodes_by_lists, row_metric(ps, "logit_diff")), (loss, span_loss(ps, (2, -2)))):
+        want = circuits.evaluate(model, circuits.Circuit.from_nodes(graph, nodes), ps, metric)[0]
+        assert got["faithfulness"]["value"] == pytest.approx(want.value, rel=1e-4, abs=1e-6)
+        assert got["faithfulness"]["clean_value"] == pytest.approx(want.clean_value, rel=1e-4, abs=1e-6)
+    assert "next-token loss over positions 2..-2" in loss["interpretation"]
+
+
+def test_a_single_prompt_pair_is_the_set_of_one(model, tmp_path):
+    one = {"clean": IOI_CLEAN, "corrupted": IOI_CORRUPTED, "answer": " Mary", "baseline": " John"}
+
+    async def scenario(client):
+        return await ok(client, "evaluate_circuit", {**one, "nodes": ["L0H1", "L2H3"], "metric": "kl"})
+    got = run(tiny_server(model, tmp_path), scenario)
+    ps = PromptSet.from_lists(model, [IOI_CLEAN], [IOI_CORRUPTED], " Mary", " John")
+    want = circuits.evaluate(model, ["L0H1", "L2H3"], ps, kl_divergence(model, ps))[0]
+    assert got["faithfulness"]["value"] == pytest.approx(want.value, rel=1e-4, abs=1e-6)
+    assert got["faithfulness"]["clean_value"] == pytest.approx(0, abs=1e-6)  # KL of the clean run to itself
+    assert got["faithfulness"]["n_prompts"] == 1
+
+
+def test_circuit_tools_refuse_bad_mixes_of_prompt_arguments_before_any_compute(model, tmp_path):
+    async def scenario(client):
+        made = await ok(client, "dataset", {"task": "induction", "n": 4})
+        return [await refused(client, "find_circuit", {"clean": [IOI_CLEAN]}),
+                await refused(client, "find_circuit", {}),
+                await refused(client, "find_circuit", {"dataset": made["dataset"], "clean": IOI_CLEAN}),
+                await refused(client, "find_circuit", {"clean": [IOI_CLEAN], "answer": " Mary"}),
+                await refused(client, "find_circuit", {"dataset": made["dataset"], "span": [1, -2]}),
+                await refused(client, "find_circuit", {"dataset": made["dataset"], "metric": "kl", "method": "eap"}),
+                await refused(client, "find_circuit", {"dataset": "d99"}),
+                await refused(client, "evaluate_circuit", {"nodes": ["L0H1"]}),
+                await refused(client, "investigate", {"task": "ioi", "dataset": made["dataset"]})]
+    said = run(tiny_server(model, tmp_path), scenario)
+    expected = ["give answer", "give the prompt", "give either dataset or clean/prompt, not both",
+                "give corrupted prompts, one per clean prompt", "span is the positions metric='loss' averages over",
+                "use method='eap-ig'", "no dataset 'd99'", "give a circuit handle", "not both"]
+    for text, part in zip(said, expected, strict=True):
+        assert part in text, (part, text)
 
 
 def test_investigate_writes_a_report_whose_claims_the_tool_returns(model, tmp_path):

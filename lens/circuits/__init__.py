@@ -4,6 +4,11 @@ exact edge patching), circuits chosen from them, and their exact faithfulness.
     from lens.circuits import find_circuit
     found = find_circuit(model, clean, corrupted, logit_diff(model, " Mary", " John"), faithfulness=0.8)
     print(found.summary()); found.plot("plots/circuit.png"); found.circuit.save("circuit.json")
+
+The metric is any function of the logits; over a prompt set, lens.data.row_metric(ps, kind) gives one
+value per row: "logit_diff", "logit", "prob", "logprob", "kl" (KL(clean || run) at each row's answer
+position, lens.data.kl_divergence; 0 on the clean run, so score it with EAP-IG) or "loss" (mean
+next-token loss over a span of positions, lens.data.span_loss).
 """
 
 from lens.circuits.circuit import Circuit

@@ -3,7 +3,7 @@
 JSON format ("lens.circuit/1"):
     {
       "format": "lens.circuit/1",
-      "graph": {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "parallel": false},
+      "graph": {"n_layers": 30, "n_heads": 9, "n_kv_heads": 3, "parallel": false},  # + "joint_qk": true (OLMo-2)
       "model": "smollm2-135m",                      # informational
       "meta": {"method": "eap-ig", "metric": "...", "selection": "top 200", "faithfulness": {...}},
       "nodes": ["input", "L0H1", ..., "logits"],    # the nodes the edges touch, in forward order
@@ -36,7 +36,9 @@ class Circuit:
 
     @classmethod
     def from_nodes(cls, graph: Graph, nodes, meta: dict | None = None) -> Circuit:
-        """Every edge among `nodes` (names like 'L3H1', 'L3.mlp'); the input and logits are always in."""
+        """Every edge among `nodes` (names like 'L3H1', 'L3.mlp'); the input and logits are always in.
+        Evaluated, it equals patching every other node's output with its reference value (heads'
+        hook_result, MLPs' hook_mlp_out), post-norm models included (lens.circuits.patched)."""
         return cls(graph, graph.node_mask(nodes), meta=dict(meta or {}, given="nodes"))
 
     @classmethod

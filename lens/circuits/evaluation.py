@@ -67,7 +67,8 @@ def reference_outputs(model, graph: Graph, pair: Pair, ablation: Ablation,
                       reference: Pair | torch.Tensor | None = None, metric=None):
     """What out-of-circuit edges read: the corrupted run's sender outputs [n_senders, batch, pos, d_model],
     or their mean over a reference set's prompts at each position [n_senders, 1, pos, d_model]
-    (reference: token ids [n, pos], a Pair (its corrupted prompts), default the pair's corrupted prompts).
+    (reference: token ids [n, pos], a Pair (its corrupted prompts), default the pair's corrupted prompts;
+    under post-norms the heads' terms before the norm are averaged, and receivers apply the norm).
     With a metric: (outputs, the metric per prompt on the corrupted prompts [batch])."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, not {ablation!r}")
@@ -115,7 +116,8 @@ def _masks(graph: Graph, circuits) -> torch.Tensor:
 def evaluate(model, circuits, pair: Pair, metric, ablation: Ablation = "corrupted",
              reference=None, memory_budget: int | None = None) -> list[Faithfulness]:
     """Faithfulness of each circuit (a Circuit, an edge mask, a list of node names or of 'a->b' edges),
-    all evaluated in batched forwards."""
+    all evaluated in batched forwards. pair: a Pair or a prompt set."""
+    pair = Pair.of(model, pair)
     graph = Graph.of(model)
     masks = _masks(graph, circuits)
     ref, corrupted = reference_outputs(model, graph, pair, ablation, reference, metric)

@@ -3,11 +3,15 @@
 A sender's output is what it adds to the residual stream, so that the outputs of all senders before a
 receiver sum to its input up to terms that do not depend on the prompt (the attention bias b_O):
 - input: `blocks.0.hook_resid_pre` (token and position embeddings);
-- head h of layer l: `blocks.l.attn.hook_result[..., h, :]`; under post-norms (Gemma 2/3, OLMo-2)
-  the attention output is norm(Σ_h result_h + b_O), which is linear in the heads once the norm's
-  scale is fixed, so head h's output is its term of that: norm_linear(result_h + b_O / H) with this
-  run's scale (the terms sum to `hook_attn_out` exactly);
+- head h of layer l: `blocks.l.attn.hook_result[..., h, :]`;
 - MLP l: `blocks.l.hook_mlp_out` (after any post-norm).
+Under post-norms (Gemma 2/3, OLMo-2) a layer's attention output is norm(Σ_h result_h + b_O): the heads
+do not add to the residual stream one by one. There a head's output is its term before the norm,
+result_h + b_O / H (`post_norm_terms`), and the norm is applied where the model applies it, on the
+receiver's side: a receiver reading some of the layer's heads from this run and the rest from another
+run reads norm(Σ_h chosen term_h) (lens.circuits.patched). `shares` splits a run's normed attention
+output into per-head terms that sum to it exactly (each term_h / this run's scale), for methods that
+need additive per-head differences (EAP-IG).
 Receivers' inputs are the per-head, pre-norm copies of the residual stream the on-request hooks
 hand out (`hook_q_input` [batch, pos, n_heads, d_model], `hook_k_input` / `hook_v_input`
 [batch, pos, n_kv_heads, d_model], `hook_mlp_in` [batch, pos, d_model]) and, for the logits, the last
@@ -31,24 +35,59 @@ RECEIVER_HOOKS = {"q": "hook_q_input", "k": "hook_k_input", "v": "hook_v_input",
 
 
 def head_outputs(model, layer: int, result: torch.Tensor) -> torch.Tensor:
-    """Each head's term of the attention output: result [batch, pos, n_heads, d_model] as it is, or under
-    post-norms the post-normed share described above."""
+    """Each head's output: result [batch, pos, n_heads, d_model] as it is, or under post-norms its term
+    before the layer's post-norm, result_h + b_O / n_heads (they sum to the norm's input)."""
     cfg = model.cfg
     if not cfg.post_norms:
         return result
+    return result + model.weights.b_O[model.blocks[layer].slot].to(result.dtype) / cfg.n_heads
+
+
+def _norm_parts(model, layer: int, x: torch.Tensor):
+    """(the norm, x in a wide dtype centred for LayerNorm, its scale [..., 1], weight [d_model]) of the
+    layer's attention post-norm."""
     block = model.blocks[layer]
-    norm, slot, w = block.ln1_post, block.slot, model.weights
-    wide = torch.promote_types(result.dtype, torch.float32)
-    x = result.to(wide) + w.b_O[slot].to(wide) / cfg.n_heads  # [batch, pos, n_heads, d_model]
-    total = x.sum(2, keepdim=True)
-    weight = w.ln1_post_w[slot].to(wide) + norm.offset
+    norm, w = block.ln1_post, model.weights
+    wide = torch.promote_types(x.dtype, torch.float32)
+    x = x.to(wide)
     if norm.kind == "layernorm":
-        scale = (total.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
-        share = (x - x.mean(-1, keepdim=True)) / scale * weight + w.ln1_post_b[slot].to(wide) / cfg.n_heads
-    else:
-        scale = (total.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
-        share = x / scale * weight
-    return share.to(result.dtype)
+        x = x - x.mean(-1, keepdim=True)
+    scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    return norm, x, scale, w.ln1_post_w[block.slot].to(wide) + norm.offset
+
+
+def post_norm(model, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """The layer's attention post-norm applied to x [..., d_model] (the sum of its heads' terms)."""
+    norm, centred, scale, weight = _norm_parts(model, layer, x)
+    out = centred / scale * weight
+    if norm.kind == "layernorm":
+        out = out + model.weights.ln1_post_b[model.blocks[layer].slot].to(out.dtype)
+    return out.to(x.dtype)
+
+
+def post_norm_jvp(model, layer: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The post-norm's derivative at x [..., d_model] along v [..., n, d_model] (x broadcast over n):
+    how norm(x + ε v) moves per unit ε."""
+    norm, centred, scale, weight = _norm_parts(model, layer, x)
+    v = v.to(centred.dtype)
+    if norm.kind == "layernorm":
+        v = v - v.mean(-1, keepdim=True)
+    centred, scale = centred[..., None, :], scale[..., None, :]
+    along = (centred * v).mean(-1, keepdim=True)
+    return ((v - centred * along / scale.pow(2)) / scale * weight).to(x.dtype)
+
+
+def shares(model, layer: int, terms: torch.Tensor) -> torch.Tensor:
+    """Post-norms: the heads' terms [..., n_heads, d_model] of one run as shares of its normed attention
+    output, term_h / scale (LayerNorm: centred, plus bias / n_heads), which sum to it exactly."""
+    norm, centred, scale, weight = _norm_parts(model, layer, terms.sum(-2))
+    x = terms.to(centred.dtype)
+    if norm.kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    out = x / scale[..., None, :] * weight
+    if norm.kind == "layernorm":
+        out = out + model.weights.ln1_post_b[model.blocks[layer].slot].to(out.dtype) / model.cfg.n_heads
+    return out.to(terms.dtype)
 
 
 def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None,
@@ -85,10 +124,22 @@ def final_resid_hook(graph: Graph, keep: dict) -> tuple[str, Callable]:
     return f"blocks.{graph.n_layers - 1}.hook_resid_post", read
 
 
-def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None,
-                   metric=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def place_rows(logits: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor:
+    """logits [copies, batch, k, d_vocab] of rows start..stop of a set of n_rows, placed among zeros for the
+    other rows: a per-row metric of the whole set (each row its own answer and position) reads them in place."""
+    start, stop, n_rows = rows
+    if logits.shape[1] == n_rows:
+        return logits
+    placed = logits.new_zeros(logits.shape[0], n_rows, *logits.shape[2:])
+    placed[:, start:stop] = logits
+    return placed
+
+
+def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, metric=None,
+                   rows: tuple[int, int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
-    per prompt on this input ([batch] float64), from the same forward."""
+    per prompt on this input ([batch] float64), from the same forward. rows (start, stop, n_rows): the
+    input is those rows of a set the metric was made for (default: the whole set)."""
     from lens.circuits.patched import row_metric
     from lens.guard import require
     batch, n_pos = tokens.shape
@@ -106,4 +157,17 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
             return out
         positions, per_row = row_metric(metric, n_pos)
         resid = kept["resid"] if positions is None else kept["resid"][:, positions]
-        return out, per_row(model.final_logits(resid)).double().cpu()
+        start, stop, n_rows = rows or (0, batch, batch)
+        values = per_row(place_rows(model.final_logits(resid)[None], (start, stop, n_rows)))[0, start:stop]
+        return out, values.double().cpu()
+
+
+def as_shares(model, graph: Graph, outputs: torch.Tensor) -> torch.Tensor:
+    """Sender outputs [n_senders, batch, pos, d_model] of one run with, under post-norms, each layer's head
+    terms replaced in place by their shares of the normed attention output (`shares`)."""
+    if model.cfg.post_norms:
+        for layer in range(graph.n_layers):
+            heads = slice(graph.head(layer, 0), graph.head(layer, 0) + graph.n_heads)
+            with torch.no_grad():
+                outputs[heads] = shares(model, layer, outputs[heads].permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+    return outputs

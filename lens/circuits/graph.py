@@ -1,11 +1,13 @@
 """The model as a graph of senders and receivers, the unit of circuit discovery.
 
 Senders write to the residual stream: the input (the embeddings, `blocks.0.hook_resid_pre`), every
-attention head (its term of `hook_attn_out`: `attn.hook_result`, post-normed share under post-norms)
-and every MLP or MoE block (`hook_mlp_out`). Receivers read it: every head's query input and every
+attention head (its term of `hook_attn_out`: `attn.hook_result`; under post-norms its term before the
+layer's norm, which receivers apply to their mix of heads: lens.circuits.forward) and every MLP or MoE block (`hook_mlp_out`). Receivers read it: every head's query input and every
 key/value input (one per kv head under grouped-query attention), every MLP input, and the logits
 (the final residual stream). An edge joins a sender to every receiver after it; within a layer the
-heads feed the MLP of a sequential block and not that of a parallel block.
+heads feed the MLP of a sequential block and not that of a parallel block. A receiver feeds its node (a
+query input its head, a key/value input its kv group's heads); where one q/k norm spans all heads
+(OLMo-2) a query or key input feeds every head of its layer, since it moves the shared norm scale.
 
 Indices put senders in forward order, so the senders a receiver reads are a prefix of them:
     sender 0 = input; layer l: heads 1 + l (H + 1) + h, MLP 1 + l (H + 1) + H
@@ -33,15 +35,20 @@ class Graph:
     n_heads: int
     n_kv_heads: int
     parallel: bool  # parallel attention + MLP: a layer's heads do not feed its MLP
+    # one q/k norm over all heads' features (OLMo-2): each query (key) input moves every head's query (key)
+    # through the shared scale, so it feeds every head of its layer
+    joint_qk: bool = False
 
     @classmethod
     def of(cls, model) -> Graph:
         cfg = model.cfg
-        return cls(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.parallel_attn_mlp)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.parallel_attn_mlp,
+                   cfg.qk_norm and not cfg.qk_norm_per_head)
 
     def spec(self) -> dict:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
+        spec = {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
                 "parallel": self.parallel}
+        return spec | ({"joint_qk": True} if self.joint_qk else {})
 
     # --- senders -------------------------------------------------------------------------
 
@@ -115,13 +122,16 @@ class Graph:
 
     @cached_property
     def receiver_nodes(self) -> list[list[int]]:
-        """For each receiver, the nodes it feeds, as sender indices (the logits: [n_senders])."""
+        """For each receiver, the nodes it feeds, as sender indices (the logits: [n_senders]): a query input
+        its head, a key or value input its group's heads; under a joint q/k norm a query or key input every
+        head of its layer."""
         group = self.n_heads // self.n_kv_heads
         out = []
         for layer in range(self.n_layers):
-            out += [[self.head(layer, h)] for h in range(self.n_heads)]
-            kv = [[self.head(layer, g * group + i) for i in range(group)] for g in range(self.n_kv_heads)]
-            out += kv + kv + [[self.mlp(layer)]]
+            heads = [self.head(layer, h) for h in range(self.n_heads)]
+            kv = [heads[g * group: (g + 1) * group] for g in range(self.n_kv_heads)]
+            q = [heads] * self.n_heads if self.joint_qk else [[h] for h in heads]
+            out += q + ([heads] * self.n_kv_heads if self.joint_qk else kv) + kv + [[self.mlp(layer)]]
         return out + [[self.n_senders]]
 
     @cached_property

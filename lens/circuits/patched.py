@@ -12,6 +12,17 @@ the senders before r sum to resid_r up to prompt-independent terms). The sum run
 differ from the nearest of "all in" and "all out" only: a circuit of E edges costs about E axpys of
 [batch, pos, d_model] per forward, not n_senders × n_receivers. Copies of the batch, one per circuit,
 share a forward, sized to a memory budget.
+
+Under post-norms a layer's heads reach the residual stream through the layer's norm, so for the heads
+of each earlier layer l the receiver reads, in place of their terms above,
+
+    norm_l(Σ_h term_h(this) + off[h, r] · (term_h(reference) - term_h(this)))  -  attn_out_l(this)
+
+(lens.circuits.forward: a head's output is its term before the norm): the norm of the mix of this
+run's and the reference run's heads the receiver is given, as the model itself would compute it from
+those heads. A receiver that reads all of a layer's heads from one run costs nothing extra; a layer
+split between the runs costs one norm per receiver. So a node-list circuit equals patching every
+out-of-circuit node's output with its reference value, on every family.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lens.circuits.forward import final_resid_hook, graph_hooks
+from lens.circuits.forward import final_resid_hook, graph_hooks, post_norm
 from lens.circuits.graph import Graph
 from lens.guard import limit, require
 from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy
@@ -51,29 +62,55 @@ def row_metric(metric, n_pos: int) -> tuple[list[int] | None, Callable[[torch.Te
 @dataclass
 class _Plan:
     """One circuit's edit of one receiver group: Σ_s weights[s, r] · delta_s (plus the running total of all
-    deltas when `flip`: the circuit keeps few edges, so it is 'all out' minus those)."""
+    deltas when `flip`: the circuit keeps few edges, so it is 'all out' minus those). Under post-norms the
+    heads are left to `normed`: (layer, receivers reading all its heads from the reference [n_full],
+    receivers reading some [n_part], their weights [n_heads, n_part])."""
 
     flip: bool
     senders: torch.Tensor  # [n_s] sender indices
     weights: torch.Tensor  # [n_s, n_receivers in the group]
+    normed: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _plans(graph: Graph, off: torch.Tensor) -> list[list[_Plan | None]]:
+def _normed(graph: Graph, w: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The post-normed layers a receiver group's weights w [prefix, R_g] touch (see _Plan)."""
+    out = []
+    for layer in range(graph.n_layers):
+        first = graph.head(layer, 0)
+        if first >= w.shape[0]:
+            break
+        block = w[first: first + graph.n_heads]  # [H, R_g]
+        full = (block == 1).all(0)
+        part = ~full & (block != 0).any(0)
+        if full.any() or part.any():
+            part_index = part.nonzero().flatten()
+            out.append((layer, full.nonzero().flatten(), part_index, block[:, part_index]))
+    return out
+
+
+def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan | None]]:
     """plans[group][circuit] for off [C, S, R]."""
+    heads = torch.zeros(graph.n_senders, dtype=torch.bool)
+    if post_norms:
+        for layer in range(graph.n_layers):
+            heads[graph.head(layer, 0): graph.head(layer, 0) + graph.n_heads] = True
     plans = []
     for layer, kind, rows in graph.groups():
         prefix = graph.senders_before(layer, kind)
         block = off[:, :prefix, rows.start: rows.stop]  # [C, prefix, R_g]
+        linear = ~heads[:prefix]
         group = []
         for w in block:
+            normed = _normed(graph, w) if post_norms else []
+            w = w[linear]
             n_on, n_not_one = int((w != 0).sum()), int((w != 1).sum())
-            if n_on == 0:
+            if n_on == 0 and not normed:
                 group.append(None)
                 continue
             flip = n_not_one < n_on
             weights = w - 1 if flip else w
-            senders = (weights != 0).any(1).nonzero().flatten()
-            group.append(_Plan(flip, senders, weights[senders]))
+            senders = linear[:prefix].nonzero().flatten()[(weights != 0).any(1)]
+            group.append(_Plan(flip, senders, weights[(weights != 0).any(1)], normed))
         plans.append(group)
     return plans
 
@@ -82,7 +119,8 @@ def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_po
                          memory_budget: int | None) -> int:
     budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     per_copy = 2 * _bytes_per_copy(model, batch, n_pos, n_pos, n_logit_pos)  # per-head inputs double it
-    per_copy += (n_deltas + 2) * batch * n_pos * model.cfg.d_model * model.dtype.itemsize
+    kept = n_deltas + 2 + (2 * graph.n_layers if model.cfg.post_norms else 0)  # + each layer's sum and norm
+    per_copy += kept * batch * n_pos * model.cfg.d_model * model.dtype.itemsize
     copies = max(1, budget // per_copy)
     if model.device.type == "cpu":
         copies = min(copies, max(1, CPU_MAX_TOKENS // (batch * n_pos)))
@@ -103,11 +141,11 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
     off = (off * graph.valid).to(model.dtype)
     positions, per_row = row_metric(metric, n_pos)
     n_logit = n_pos if positions is None else len(positions)
-    plans = _plans(graph, off.cpu())
+    plans = _plans(graph, off.cpu(), model.cfg.post_norms)
     values = []
     start = 0
     while start < len(off):
-        needed = sorted({int(s) for group in plans for p in group[start:] if p is not None for s in p.senders})
+        needed = _needed(graph, [group[start:] for group in plans])
         chunk = circuits_per_forward(model, graph, batch, n_pos, n_logit, len(needed), memory_budget)
         stop = min(len(off), start + chunk)
         chunk_plans = [group[start:stop] for group in plans]
@@ -116,10 +154,25 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
     return torch.cat(values)
 
 
+def _needed(graph: Graph, plans) -> list[int]:
+    """The senders whose differences some plan reads: its linear senders, and the heads of layers it splits."""
+    needed = set()
+    for group in plans:
+        for p in group:
+            if p is None:
+                continue
+            needed.update(int(s) for s in p.senders)
+            for layer, _, part, _ in p.normed:
+                if len(part):
+                    needed.update(range(graph.head(layer, 0), graph.head(layer, 0) + graph.n_heads))
+    return sorted(needed)
+
+
 def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, per_row) -> torch.Tensor:
     batch, n_pos = tokens.shape
     d_model = model.cfg.d_model
-    needed = sorted({int(s) for group in plans for p in group if p is not None for s in p.senders})
+    post_norms = model.cfg.post_norms
+    needed = _needed(graph, plans)
     slot = torch.full((graph.n_senders,), -1, dtype=torch.long)
     slot[needed] = torch.arange(len(needed))
     needed_t = torch.tensor(needed, dtype=torch.long)
@@ -132,14 +185,35 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
     groups = graph.groups()
     plan_of = {(layer, kind): i for i, (layer, kind, _) in enumerate(groups)}
 
+    head_layer = {graph.head(layer, 0): layer for layer in range(graph.n_layers)}  # a layer's first head → layer
+    layer_sum, layer_change = {}, {}  # post-norms: per layer, this run's Σ_h term_h, and norm(ref) - norm(this)
+
     def on_sender(first, x):  # x [copies * batch, pos, n, d_model]
         n = x.shape[2]
         ref = reference[first: first + n].permute(1, 2, 0, 3)  # [batch or 1, pos, n, d_model]
-        delta = ref - x.view(n_copies, batch, n_pos, n, d_model)
-        state["total"] = state["total"] + delta.sum(3)
+        this = x.view(n_copies, batch, n_pos, n, d_model)
+        delta = ref - this
+        if post_norms and first in head_layer:
+            layer = head_layer[first]
+            layer_sum[layer] = this.sum(3)
+            layer_change[layer] = post_norm(model, layer, ref.sum(2)) - post_norm(model, layer, layer_sum[layer])
+        else:
+            state["total"] = state["total"] + delta.sum(3)
         for i in range(n):
             if slot[first + i] >= 0:
                 deltas[:, slot[first + i]] = delta[:, :, :, i]
+
+    def normed_edit(c: int, layer: int, full, part, w, out_c) -> None:
+        """Add, for receivers reading layer's heads (all or some) from the reference, the change of the
+        layer's normed output they read (out_c [batch, pos, R_g, d_model])."""
+        if len(full):
+            out_c[:, :, full] += layer_change[layer][c][:, :, None]
+        if len(part):
+            cols = slot[graph.head(layer, 0): graph.head(layer, 0) + graph.n_heads]
+            mixed = torch.einsum("hr,hbpd->bprd", w.to(deltas.device, deltas.dtype), deltas[c, cols])
+            mixed = mixed + layer_sum[layer][c][:, :, None]  # [batch, pos, n_part, d_model]
+            this = post_norm(model, layer, layer_sum[layer][c])[:, :, None]
+            out_c[:, :, part] += post_norm(model, layer, mixed) - this
 
     def edit_of(plan: _Plan, c: int, prefix: int, n_rows: int) -> torch.Tensor:
         """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model]."""
@@ -169,6 +243,8 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
                 out[c] += edit_of(plan, c, prefix, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
             if plan.flip:
                 out[c] += total[c][:, :, None]
+            for layer, full, part, w in plan.normed:
+                normed_edit(c, layer, full, part, w, out[c])
         return out.view_as(x)
 
     keep = {}

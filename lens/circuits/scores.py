@@ -3,12 +3,21 @@
 score(s → r) estimates m(clean with edge s → r corrupted) - m(clean), the metric being the mean over
 the prompts; important edges have large |score|. Three methods:
 - "eap" (Syed et al. 2023): (corrupted_s - clean_s) · ∂m/∂input_r on the clean run: one corrupted
-  forward, one clean forward and one backward for every edge at once;
+  forward, one clean forward and one backward for every edge at once (under post-norms a head's
+  difference is taken through its layer's norm, J_norm · (corrupted_h - clean_h), so the score is the
+  derivative of the exact edge-patched metric, lens.circuits.patched);
 - "eap-ig" (Hanna et al. 2024): the same with ∂m/∂input_r averaged over `steps` inputs interpolated
-  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched;
+  between the corrupted and the clean embeddings (midpoints α = (k + ½) / steps), batched (under
+  post-norms a head's difference is that of its share of the normed output, forward.shares);
 - "exact": edge patching, one patched copy of the set per edge (the ground truth; small graphs only).
 A node's score is the sum of its outgoing edges' scores (for EAP, the attribution-patching estimate of
 corrupting its whole output); the logits' score is the sum of their incoming edges'.
+
+Memory: EAP keeps every sender's output on a chunk of prompts, [n_senders, prompts, pos, d_model] per
+buffer (the corrupted run's and the differences; EAP-IG also the clean run's). Prompts are chunked so
+that the buffers and the gradient pass fit the budget (the caller's guard, lens.guard), and the largest
+chunk's bytes are reserved through the guard before anything is allocated: a request that cannot fit
+even one prompt at a time is refused before any forward, with the figure and what to shrink.
 """
 
 from __future__ import annotations
@@ -18,17 +27,22 @@ from typing import Literal
 
 import torch
 
-from lens.circuits.forward import graph_hooks, sender_outputs
+from lens.circuits.forward import as_shares, graph_hooks, place_rows, post_norm_jvp, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
-from lens.guard import limit
+from lens.guard import limit, mib, require
+from lens.memory import forward_bytes
 from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import metric_name
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
 MAX_EXACT_EDGES = 5000
+BUFFERS = {"eap": 2, "eap-ig": 3}  # sender-output buffers a method keeps per chunk of prompts
+# Receivers' gradients gathered before they meet the sender differences in one matmul: with a few receivers
+# at a time the product only streams the differences through memory; with ~64 it is bound by arithmetic.
+GRADIENT_WINDOW = 64
 
 
 @dataclass
@@ -57,34 +71,83 @@ class EdgeScores:
         return [(self.graph.edge_name(int(i) // R, int(i) % R), float(self.scores.flatten()[i])) for i in index]
 
 
-def _rows_per_forward(model, graph: Graph, n_pos: int, copies_per_row: int, memory_budget: int | None) -> int:
-    """Prompts per gradient pass: activations kept for the backward, per-head inputs, sender deltas."""
-    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
+    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward and the per-head
+    receiver inputs (lens's own estimate, or the guard's estimate of the forward where that is larger)."""
     cfg, size = model.cfg, model.dtype.itemsize
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
     per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
-    per_row = copies_per_row * per_copy + 2 * graph.n_senders * n_pos * cfg.d_model * size
+    per_copy += GRADIENT_WINDOW * n_pos * cfg.d_model * size // copies
+    with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
+        checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
+    return max(copies * rows * per_copy, checked)
+
+
+def _buffer_bytes(model, graph: Graph, rows: int, n_pos: int, method: Method) -> int:
+    """The sender outputs EAP keeps, each [n_senders, rows, pos, d_model]: the corrupted run's and the
+    differences (EAP-IG: the clean run's too)."""
+    return BUFFERS[method] * graph.n_senders * rows * n_pos * model.cfg.d_model * model.dtype.itemsize
+
+
+def _rows_per_forward(model, graph: Graph, n_pos: int, method: Method, steps: int, memory_budget: int | None) -> int:
+    """Prompts per gradient pass, so that the pass and the sender buffers fit the budget (at least 1)."""
+    budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
+    copies = 1 if method == "eap" else steps
+    per_row = _pass_bytes(model, graph, 1, n_pos, copies) + _buffer_bytes(model, graph, 1, n_pos, method)
     return max(1, budget // per_row)
+
+
+def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: int) -> None:
+    """Ask the caller's guard for the largest chunk's sender buffers and gradient pass before anything is
+    allocated, so a request that cannot fit is refused before any forward runs."""
+    buffers = _buffer_bytes(model, graph, rows, n_pos, method)
+    copies = 1 if method == "eap" else steps
+    require(buffers + _pass_bytes(model, graph, rows, n_pos, copies),
+            f"{method.upper()}'s sender differences ({mib(buffers)}: {BUFFERS[method]} x {graph.n_senders} senders x "
+            f"{rows} prompts x {n_pos} positions x {model.cfg.d_model}) with its gradient pass",
+            "use shorter prompts or a smaller model" + (", or method='eap' (one copy per prompt instead of steps, "
+                                                        "two buffers instead of three)" if method == "eap-ig" else ""))
 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
                rows: tuple[int, int, int], interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-               reference: torch.Tensor | None = None) -> None:
-    """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores.
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores, and
+    the metric per row of that forward ([copies, batch] float64).
     rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
     row its own answer and position) reads them in their places among the set's rows.
     delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap).
-    interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major."""
+    interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major.
+    Cells of senders at or after a receiver get values too (the matmul covers a window of receivers); the
+    caller masks them with graph.valid."""
     batch, n_pos = delta.shape[1], delta.shape[2]
     copies = 1 if interpolate is None else len(interpolate[2])
 
+    head_layer = {graph.head(layer, 0): layer for layer in range(graph.n_layers)} if model.cfg.post_norms else {}
+
     def on_sender(first, x):
         n = x.shape[2]
-        delta[first: first + n] = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)
+        change = reference[first: first + n] - x.detach().permute(2, 0, 1, 3)  # [n, batch, pos, d_model]
+        if first in head_layer:  # post-norms: the change of the layer's normed output, to first order
+            total = x.detach().sum(2)  # [batch, pos, d_model] the norm's input on this run
+            change = post_norm_jvp(model, head_layer[first], total, change.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        delta[first: first + n] = change
+
+    window = {"grads": [], "receivers": [], "prefix": 0}  # receivers' gradients waiting for the matmul
+
+    def flush():
+        if window["grads"]:
+            prefix, receivers = window["prefix"], torch.cat(window["receivers"])
+            scores[:prefix, receivers] += (delta[:prefix].flatten(1) @ torch.cat(window["grads"]).T).double()
+            window.update(grads=[], receivers=[], prefix=0)
 
     def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
         g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
-        scores[:prefix, rows.start: rows.stop] += (delta[:prefix].flatten(1) @ g.T).double()
+        window["grads"].append(g)
+        window["receivers"].append(torch.arange(rows.start, rows.stop))
+        window["prefix"] = max(window["prefix"], prefix)
+        if sum(len(r) for r in window["receivers"]) >= GRADIENT_WINDOW:
+            flush()
 
     def on_receiver(layer, kind, rows, x):
         y = x.clone()
@@ -113,12 +176,10 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
         model(copied, attention_mask=copied_mask, return_type=None)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(copies, batch, -1, model.cfg.d_vocab)
-        if batch != n_rows:  # the chunk in its place among the set's rows (the others are zeros, unread)
-            placed = logits.new_zeros(copies, n_rows, *logits.shape[2:])
-            placed[:, start:stop] = logits
-            logits = placed
-        value = per_row(logits)[:, start:stop].sum() * weight
-        torch.autograd.grad(value, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+        values = per_row(place_rows(logits, rows))[:, start:stop]
+        torch.autograd.grad(values.sum() * weight, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+    flush()
+    return values.detach().double().cpu()
 
 
 def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 5,
@@ -128,33 +189,44 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
+    if method == "eap" and getattr(metric, "flat_at_clean", False):
+        raise ValueError(f"{metric_name(metric)} is 0 at its minimum, the clean run, so its gradient there is 0 and "
+                         f"EAP (the gradient at the clean run) would score every edge 0: use method='eap-ig' (its "
+                         f"gradients are taken between the corrupted and the clean run) or method='exact'")
     from lens.circuits.patched import row_metric
     pair = Pair.of(model, pair)
     graph = Graph.of(model)
     batch, n_pos = pair.clean.shape
     positions, per_row = row_metric(metric, n_pos)
-    clean_value, corrupted_value = pair.values(model, metric)
+    if method != "exact":
+        chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
+        _reserve(model, graph, chunk, n_pos, method, steps)
     if method == "exact":
+        clean_value, corrupted_value = pair.values(model, metric)
         scores = exact_scores(model, graph, pair, metric, memory_budget)
-    else:
+    else:  # the metric on the clean and corrupted prompts comes from forwards the method runs anyway
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
-        copies = 1 if method == "eap" else steps
-        chunk = _rows_per_forward(model, graph, n_pos, copies, memory_budget)
+        clean_rows, corrupted_rows = torch.empty(batch, dtype=torch.float64), torch.empty(batch, dtype=torch.float64)
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
-            reference = sender_outputs(model, graph, part.corrupted, part.mask)
+            rows = (start, start + len(part), batch)
+            reference, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
+                                                                       metric, rows)
             delta = torch.empty_like(reference)
+            if method == "eap-ig":  # additive per-head differences under post-norms (forward.shares)
+                as_shares(model, graph, reference)
             if method == "eap":
-                _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / batch, (start, start + len(part), batch), reference=reference)
+                clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, positions,
+                                                        delta, scores, 1.0 / batch, rows, reference=reference)[0]
             else:
-                clean = sender_outputs(model, graph, part.clean, part.mask)
+                clean, clean_rows[start: rows[1]] = sender_outputs(model, graph, part.clean, part.mask, metric, rows)
+                as_shares(model, graph, clean)
                 torch.sub(reference, clean, out=delta)
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / (batch * steps), (start, start + len(part), batch),
-                           interpolate=(reference[0], clean[0], alphas))
+                           1.0 / (batch * steps), rows, interpolate=(reference[0], clean[0], alphas))
         scores = scores * graph.valid
+        clean_value, corrupted_value = float(clean_rows.mean()), float(corrupted_rows.mean())
     return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
                       {"steps": steps} if method == "eap-ig" else {})
 

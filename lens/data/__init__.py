@@ -16,7 +16,8 @@ The pieces:
 - make_dataset (generators.py): seeded IOI, factual recall, induction, greater-than and subject-verb
   agreement sets, valid for the model's tokenizer, each citing its source.
 - row_metric (metrics.py): the metric of each row at its own position ("logit_diff", "logit", "prob",
-  "logprob"); what the analyses use over a set.
+  "logprob"); what the analyses use over a set. kl_divergence (KL(clean ‖ run) at each row's position) and
+  span_loss (mean next-token loss over a span of each row) read the whole distribution.
 - causal_trace (tracing.py): Meng et al.'s causal tracing, noise on the subject's embeddings, clean states
   restored per layer × position (residual, or windows of attention / MLP outputs).
 - set_logit_lens / set_attention (reading.py): the logit lens at each row's END (answer probability,
@@ -34,12 +35,12 @@ ratio of means; see lens.patching.result.set_figures for why.
 """
 
 from lens.data.generators import SOURCES, make_dataset
-from lens.data.metrics import RowMetric, row_metric
+from lens.data.metrics import RowMetric, SpanMetric, kl_divergence, row_metric, span_loss
 from lens.data.prompt_set import FilterReport, PromptSet, Row
 from lens.data.reading import SetAttention, SetLogitLens, set_attention, set_head_scores, set_logit_lens
 from lens.data.stats import GridSpread, Spread, grid_spread, spread
 from lens.data.tracing import causal_trace
 
 __all__ = ["PromptSet", "Row", "FilterReport", "make_dataset", "SOURCES", "Spread", "GridSpread", "spread",
-           "grid_spread", "RowMetric", "row_metric", "causal_trace", "set_logit_lens", "SetLogitLens", "set_attention",
+           "grid_spread", "RowMetric", "row_metric", "SpanMetric", "kl_divergence", "span_loss", "causal_trace", "set_logit_lens", "SetLogitLens", "set_attention",
            "SetAttention", "set_head_scores"]

@@ -1,5 +1,7 @@
 """Automated circuit discovery: find_circuit (edge scores → a circuit with its exact faithfulness, stored under a
-handle) and evaluate_circuit (faithfulness of a stored, edited or hand-written circuit)."""
+handle), evaluate_circuit (faithfulness of a stored, edited or hand-written circuit) and investigate (the
+standard battery as a report). Prompts come as every set-taking tool takes them (mcp_server.sets): a
+dataset handle, or clean/corrupted/answer/baseline as one string or one entry per row."""
 
 from __future__ import annotations
 
@@ -13,17 +15,14 @@ from lens import circuits as lc
 from lens.data import PromptSet, make_dataset
 from lens.data.metrics import row_metric
 from mcp_server.plots import DrawPlot, PlotPath
-from mcp_server.schemas import ModelRef, Num, Part, Plot, Prompt, Token, ToolResult
+from mcp_server.schemas import ModelRef, Num, Part, Plot, ToolResult
+from mcp_server.sets import DatasetRef, Rows, Span, TokenRows, is_list, prompt_set
 from mcp_server.state import state_of
 from mcp_server.tools.annotations import STORING
 
-Task = Annotated[Literal["ioi", "factual", "induction", "greater_than", "agreement"] | None, Field(
-    description="a generated prompt set (n rows, seed); or give clean/corrupted/answer/baseline lists")]
-Rows = Annotated[int, Field(ge=1, le=500, description="rows of the generated set")]
-Texts = Annotated[list[Prompt] | None, Field(min_length=1, max_length=500)]
-Tokens = Annotated[list[Token] | None, Field(min_length=1, max_length=500, description="one per row (or one)")]
-MetricKind = Annotated[Literal["logit_diff", "logit", "prob", "logprob"], Field(
-    description="per row at its last token: logit(answer)-logit(baseline), logit, p or log p of the answer")]
+MetricKind = Annotated[Literal["logit_diff", "logit", "prob", "logprob", "kl", "loss"], Field(
+    description="per row at its last token: logit(answer)-logit(baseline), logit, p or log p of the answer, or "
+                "KL(clean||run); loss: next-token loss over span")]
 Ablation = Annotated[Literal["corrupted", "mean"], Field(
     description="out-of-circuit edges read the corrupted run, or its mean over the set's corrupted prompts")]
 Names = Annotated[list[Annotated[str, Field(max_length=40)]] | None, Field(max_length=5000)]
@@ -60,30 +59,34 @@ def _said(f: lc.Faithfulness, metric) -> str:
             f"in {metric} from {f.empty_value:+.3f} (empty) to {f.clean_value:+.3f} (clean) over {f.n_prompts} prompts")
 
 
-def _prompt_set(m, task, n, seed, clean, corrupted, answer, baseline) -> PromptSet:
-    if task is not None:
-        if clean or corrupted:
-            raise ToolError("give either task= or clean/corrupted prompts, not both")
-        return make_dataset(m, task, n=n, seed=seed)
-    if not (clean and corrupted and answer):
-        raise ToolError("give task= (e.g. 'ioi'), or clean, corrupted and answer lists (baseline for logit_diff)")
-    try:
-        return PromptSet.from_lists(m, clean, corrupted, answer=answer if len(answer) > 1 else answer[0],
-                                    baseline=baseline if not baseline or len(baseline) > 1 else baseline[0])
-    except ValueError as e:
-        raise ToolError(str(e)) from e
+def _prompts(state, entry, dataset, clean, corrupted, answer, baseline) -> PromptSet:
+    """The set a call names (sets.py: a dataset handle or one entry per row); one prompt is the set of one."""
+    if dataset is None and clean is not None and not is_list(clean, corrupted, answer, baseline):
+        clean, corrupted = [clean], None if corrupted is None else [corrupted]
+    return prompt_set(state, entry, dataset, clean, corrupted, answer, baseline)
+
+
+def _dropped(ps: PromptSet) -> str:
+    n = sum(ps.dropped.values())
+    return f"; {n} rows dropped: {ps.dropped}" if n else ""
+
+
+def _metric(m, ps: PromptSet, kind: str, span):
+    if span is not None and kind != "loss":
+        raise ToolError(f"span is the positions metric='loss' averages over; metric={kind!r} reads each row's last "
+                        f"token")
+    return row_metric(ps, kind, model=m, span=None if span is None else tuple(span))
 
 
 def find_circuit(
     ctx: Context,
-    task: Task = None,
-    n: Rows = 50,
-    seed: Annotated[int, Field(ge=0)] = 0,
-    clean: Texts = None,
-    corrupted: Texts = None,
-    answer: Tokens = None,
-    baseline: Tokens = None,
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
     metric: MetricKind = "logit_diff",
+    span: Span = None,
     method: Annotated[Literal["eap", "eap-ig"], Field(description="eap-ig: more faithful, ~3x slower")] = "eap-ig",
     edges: Annotated[int | None, Field(ge=1, le=100_000, description="keep the top n edges")] = None,
     faithfulness: Annotated[float | None, Field(gt=0, le=1, description="or: the smallest circuit reaching it")] = None,
@@ -99,8 +102,8 @@ def find_circuit(
     target = state.plots.target(plot, "circuit", plot_path)
     with state.using(model) as entry:
         m = entry.model
-        ps = _prompt_set(m, task, n, seed, clean, corrupted, answer, baseline)
-        row = row_metric(ps, metric)
+        ps = _prompts(state, entry, dataset, clean, corrupted, answer, baseline)
+        row = _metric(m, ps, metric, span)
         found = lc.find_circuit(m, ps, metric=row, method=method, edges=edges,
                                 faithfulness=faithfulness if edges or faithfulness else 0.8, ablation=ablation)
         stored = state.store_circuit(entry.handle, found, ps, row)
@@ -109,7 +112,7 @@ def find_circuit(
         model=entry.handle, circuit=stored.handle, json_path=str(stored.path), faithfulness=_faith(f),
         nodes=found.circuit.nodes[:80], top_edges=[f"{s}->{r} {v:+.3g}" for s, r, v in found.circuit.edge_list()[:15]],
         curve=[list(p) for p in found.curve.points()], plot=state.plots.draw(found.plot, target),
-        interpretation=f"{method} circuit: {_said(f, row.name)}")
+        interpretation=f"{method} circuit: {_said(f, row.name)}" + _dropped(ps))
 
 
 def evaluate_circuit(
@@ -118,26 +121,32 @@ def evaluate_circuit(
     edges: Names = None,
     nodes: Names = None,
     ablation: Ablation = "corrupted",
-    task: Task = None,
-    n: Rows = 50,
-    seed: Annotated[int, Field(ge=0)] = 0,
-    metric: MetricKind = "logit_diff",
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
+    metric: Annotated[MetricKind | None, Field(description="default: the handle's, else logit_diff")] = None,
+    span: Span = None,
     model: ModelRef = None,
 ) -> CircuitResult:
     """Exact faithfulness (with bootstrap spread) of a circuit: a stored handle, or edges
     ['L9H6->logits', 'L5H1->L9H6.q'] or nodes ['L9H6', 'L3.mlp'] (every edge among them), on the
-    handle's prompt set or a generated one (task)."""
+    handle's prompt set and metric or on the prompts given."""
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
         stored = state.circuit(circuit, entry.handle) if circuit else None
-        if task is not None:
-            ps = make_dataset(m, task, n=n, seed=seed)
-            row = row_metric(ps, metric)
-        elif stored is not None:
+        if stored is not None and dataset is None and clean is None:
             ps, row = stored.prompt_set, stored.metric
+            if metric is not None or span is not None:
+                row = _metric(m, ps, metric or "logit_diff", span)
+        elif stored is None and dataset is None and clean is None:
+            raise ToolError("give a circuit handle (its prompt set is reused), or the prompts: dataset=<handle> or "
+                            "clean/corrupted/answer (one entry per row)")
         else:
-            raise ToolError("give a circuit handle (its prompt set is reused) or task= to generate prompts")
+            ps = _prompts(state, entry, dataset, clean, corrupted, answer, baseline)
+            row = _metric(m, ps, metric or "logit_diff", span)
         graph = lc.Graph.of(m)
         try:
             given = lc.Circuit.from_edges(graph, edges) if edges else lc.Circuit.from_nodes(graph, nodes) if nodes \
@@ -150,7 +159,7 @@ def evaluate_circuit(
     return CircuitResult(
         model=entry.handle, circuit=circuit or "", json_path=str(stored.path) if stored else "", faithfulness=_faith(f),
         nodes=given.nodes[:80], top_edges=[f"{s}->{r}" for s, r, _ in given.edge_list()[:15]], curve=[],
-        interpretation=_said(f, row.name) + f" ({ablation} ablation)")
+        interpretation=_said(f, row.name) + f" ({ablation} ablation)" + _dropped(ps))
 
 
 class InvestigationResult(ToolResult):
@@ -160,26 +169,35 @@ class InvestigationResult(ToolResult):
 
 def investigate(
     ctx: Context,
-    task: Task = None,
-    n: Rows = 50,
+    task: Annotated[Literal["ioi", "factual", "induction", "greater_than", "agreement"] | None, Field(
+        description="a generated set of n rows (default ioi); or dataset= / clean, corrupted, answer")] = None,
+    n: Annotated[int, Field(ge=1, le=500)] = 50,
     seed: Annotated[int, Field(ge=0)] = 0,
-    clean: Texts = None,
-    corrupted: Texts = None,
-    answer: Tokens = None,
-    baseline: Tokens = None,
-    metric: MetricKind = "logit_diff",
+    clean: Rows | None = None,
+    corrupted: Rows | None = None,
+    answer: TokenRows | None = None,
+    baseline: TokenRows | None = None,
+    dataset: DatasetRef = None,
+    metric: Annotated[Literal["logit_diff", "logit", "prob", "logprob"], Field(
+        description="per row at its last token")] = "logit_diff",
     model: ModelRef = None,
 ) -> InvestigationResult:
     """One call for the standard battery on a prompt set: does the model do the task, logit lens, DLA by
     head, residual patching at named positions, head patching, and the EAP-IG circuit with its
-    faithfulness; writes a Markdown report with plots. task defaults to ioi. Slow on real models (minutes)."""
+    faithfulness; writes a Markdown report with plots. Slow on real models (minutes)."""
     import time
 
     from lens.investigation import investigate as run_battery
     state = state_of(ctx)
     with state.using(model) as entry:
         m = entry.model
-        ps = _prompt_set(m, None if clean else task or "ioi", n, seed, clean, corrupted, answer, baseline)
+        if task is not None or (dataset is None and clean is None):
+            if dataset is not None or clean is not None:
+                raise ToolError("give task= (a generated set) or the prompts (dataset= or clean/corrupted/answer), "
+                                "not both")
+            ps = make_dataset(m, task or "ioi", n=n, seed=seed)
+        else:
+            ps = _prompts(state, entry, dataset, clean, corrupted, answer, baseline)
         folder = state.plots.root / "investigations" / f"{ps.task or 'set'}-{time.strftime('%Y%m%d-%H%M%S')}"
         report = run_battery(m, ps, metric, folder)
     claims = [c if len(c) <= 480 else c[:479] + "…" for c in report.facts["claims"]]

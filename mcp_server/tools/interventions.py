@@ -36,6 +36,7 @@ from mcp_server.sets import (
     Rows,
     SetInfo,
     SetPositions,
+    Span,
     SpreadPart,
     TokenRows,
     figure,
@@ -51,7 +52,6 @@ Target = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", 
                  "q", "k", "v", "pattern", "q_by_pos", "k_by_pos", "v_by_pos", "pattern_by_pos"]
 # described once in the server's instructions
 MetricKind = Literal["logit_diff", "probability", "loss"]
-Span = Annotated[list[Annotated[int, Field(ge=-100_000, le=100_000)]] | None, Field(min_length=2, max_length=2)]
 ComponentName = Annotated[str, Field(min_length=1, max_length=40)]  # 'L9H6', 'L9H6.q', 'L3.mlp', 'L3N1031', ...
 SET_KINDS = {"logit_diff": "logit_diff", "probability": "prob"}  # metric → lens.data.row_metric kind
 
