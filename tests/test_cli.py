@@ -1,6 +1,7 @@
 """The main job: `lens demo` on the default model."""
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ def test_demo_prints_summary_top_tokens_a_row_per_layer_and_writes_its_plots(smo
     assert "restores" in sweep[3] and "positive on" in sweep[3], sweep[3]
     assert "activation patching of heads (30 layers × 9 heads)" in text
     assert "steering blocks.4.hook_resid_post" in text and "×-3:" in text and "×3:" in text
-    # the dictionary section: quality numbers, features per token, a city feature's contexts and steering
-    assert "dictionary: " in text and "CE loss recovered" in text and "top features of blocks.6.hook_resid_post" in text
-    assert "is the most selective for city names" in text and "[[" in text and "+= c × W_dec[" in text
+    # the dictionary section: quality numbers, features per token, a city feature's contexts and its causal check
+    assert "dictionary (" in text and "CE loss recovered" in text and "top features of blocks.6.hook_resid_post" in text
+    assert "is the most selective for city names" in text and "[[" in text
+    effect = re.search(r"clean ([0-9.]+), feature #\d+ ablated ([0-9.]+) .*added ×[0-9.]+ ([0-9.]+)", text)
+    clean, ablated, added = map(float, effect.groups())
+    assert ablated < clean < added, effect.group(0)
