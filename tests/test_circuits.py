@@ -112,17 +112,23 @@ def test_removing_one_edge_equals_adding_the_senders_corrupted_change_to_that_re
     assert (expected - model(pair.clean)).abs().max() > 1e-4  # the edge matters, so the test can fail
 
 
+def edge_steps(graph: Graph, n: int, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """n edges sampled (seeded) [n, 2], and circuit weights [2n, S, R] stepping each by +eps and -eps, for a
+    central-difference derivative along each edge."""
+    edges = graph.valid.nonzero()
+    sample = edges[torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:n]]
+    off = torch.zeros(2 * len(sample), graph.n_senders, graph.n_receivers, dtype=torch.float64)
+    for i, (s, r) in enumerate(sample.tolist()):
+        off[2 * i, s, r], off[2 * i + 1, s, r] = eps, -eps
+    return sample, off, eps
+
+
 @pytest.mark.parametrize("variant", ["gpt2_like", "llama_like", "parallel", "olmo2_like", "gemma_like"])
 def test_eap_scores_are_the_fp64_directional_derivative_along_each_edge(variant):
     model = make(variant, torch.float64)
     graph, pair, metric = Graph.of(model), random_pair(4), answer_metric()
     eap = edge_scores(model, pair, metric, "eap").scores
-    edges = graph.valid.nonzero()
-    sample = edges[torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:10]]
-    eps = 1e-4
-    off = torch.zeros(2 * len(sample), graph.n_senders, graph.n_receivers, dtype=torch.float64)
-    for i, (s, r) in enumerate(sample.tolist()):
-        off[2 * i, s, r], off[2 * i + 1, s, r] = eps, -eps
+    sample, off, eps = edge_steps(graph, 10)
     reference = sender_outputs(model, graph, pair.corrupted, None)
     values = run_circuits(model, graph, pair.clean, None, reference, off, metric).mean(1)
     derivative = (values[0::2] - values[1::2]) / (2 * eps)

@@ -4,7 +4,7 @@ the metrics equal their hand computation, EAP is their gradient, and the exact e
 import pytest
 import torch
 from conftest import max_diff
-from test_circuits import make
+from test_circuits import edge_steps, make
 
 from lens.circuits import Graph, Pair, edge_scores, evaluate
 from lens.circuits.forward import sender_outputs
@@ -55,12 +55,7 @@ def test_eap_is_the_fp64_directional_derivative_of_kl_and_span_loss(variant):
     model = make(variant, torch.float64)
     ps = ragged_set(model)
     graph, pair = Graph.of(model), Pair.of(model, ps)
-    edges = graph.valid.nonzero()
-    sample = edges[torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:8]]
-    eps = 1e-4
-    off = torch.zeros(2 * len(sample), graph.n_senders, graph.n_receivers, dtype=torch.float64)
-    for i, (s, r) in enumerate(sample.tolist()):
-        off[2 * i, s, r], off[2 * i + 1, s, r] = eps, -eps
+    sample, off, eps = edge_steps(graph, 8)
     reference = sender_outputs(model, graph, pair.corrupted, pair.mask)
     for name, metric in metrics(model, ps).items():
         values = run_circuits(model, graph, pair.clean, pair.mask, reference, off, metric).mean(1)

@@ -220,12 +220,16 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         layer_groups.setdefault(layer, []).append((kind, rows))
     early: dict[int, list[dict[str, torch.Tensor]]] = {}  # layer → per copy, kind → [n_rows, batch*pos*d_model]
 
+    def early_senders(layer: int) -> int:
+        """How many of the needed senders (deltas' rows) come before the layer's attention."""
+        return int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
+
     def early_edits(layer: int) -> list[dict[str, torch.Tensor]]:
         """Σ_s weights[s, r] delta_s over the senders before the layer's attention, for every receiver group of
         the layer (q, k, v and the MLP's share) in one matmul per copy: the differences are streamed through
         memory once per layer, not once per group. Computed at the layer's first edited receiver."""
         if layer not in early:
-            n_early = int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
+            n_early = early_senders(layer)
             per_copy = []
             for c in range(n_copies):
                 columns, kinds = [], []
@@ -254,9 +258,8 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
             cols = slot[plan.senders]
             return plan.weights.to(deltas.device, deltas.dtype).T @ deltas[c, cols].flatten(1)
         edit = early_edits(layer)[c].pop(kind, None)  # each group's rows are read once: free them
-        n_early = int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
         cols = slot[plan.senders]
-        late = cols >= n_early  # a sequential block's MLP reads its own layer's heads too
+        late = cols >= early_senders(layer)  # a sequential block's MLP reads its own layer's heads too
         if bool(late.any()):
             extra = plan.weights[late].to(deltas.device, deltas.dtype).T @ deltas[c, cols[late]].flatten(1)
             edit = extra if edit is None else edit + extra
