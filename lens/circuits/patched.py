@@ -119,7 +119,8 @@ def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_po
                          memory_budget: int | None) -> int:
     budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     per_copy = 2 * _bytes_per_copy(model, batch, n_pos, n_pos, n_logit_pos)  # per-head inputs double it
-    kept = n_deltas + 2 + (2 * graph.n_layers if model.cfg.post_norms else 0)  # + each layer's sum and norm
+    # + the running totals, one layer's early edits (a row per receiver), each post-normed layer's sum and norm
+    kept = n_deltas + 2 + graph.per_layer + (2 * graph.n_layers if model.cfg.post_norms else 0)
     per_copy += kept * batch * n_pos * model.cfg.d_model * model.dtype.itemsize
     copies = max(1, budget // per_copy)
     if model.device.type == "cpu":
