@@ -177,3 +177,32 @@ def as_shares(model, graph: Graph, outputs: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 outputs[heads] = shares(model, layer, outputs[heads].permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
     return outputs
+
+
+def head_input_grads(model, layer: int, resid: torch.Tensor, grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """What a per-head copy of the layer's attention input would receive as gradient, from the gradient at the
+    heads' projections alone, summed over copies of the batch: Σ_c J_ln1(resid_c)^T (W_h grad_c,h).
+    resid [copies, batch, pos, d_model]: the residual stream the layer's attention pre-norm read;
+    grad [copies, batch, pos, n, d_head]: the gradient at n heads' projections (attn.hook_q / hook_k / hook_v,
+    so it includes any q/k norm and rotary after them); W [n, d_model, d_head]: those heads' weights
+    → [n, batch, pos, d_model]. With y = ln1(x) = P x / s · w (P centres for LayerNorm, s = rms(P x)):
+    J^T v = P (w v) / s - P x ((P x) · (w v)) / (d s³), so with W' = P diag(w) W the sum over copies is
+    W'_h Σ_c grad_c,h / s_c - Σ_c P x_c k_c,h, k_c,h = ((P x_c) W'_h) · grad_c,h / (d s_c³)."""
+    block = model.blocks[layer]
+    wide = torch.promote_types(grad.dtype, torch.float32)
+    grad, W = grad.to(wide), W.to(wide)
+    if not hasattr(block, "ln1"):  # no pre-norm (OLMo-2): the projections read the residual as it is
+        return torch.einsum("bphe,hde->hbpd", grad.sum(0), W).to(resid.dtype)
+    norm, w = block.ln1, model.weights.ln1_w[block.slot].to(wide)
+    x = resid.to(wide)
+    if norm.kind == "layernorm":  # F.layer_norm applies the stored weight, with no offset
+        x = x - x.mean(-1, keepdim=True)
+    elif norm.offset:
+        w = w + norm.offset
+    scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()  # [copies, batch, pos, 1]
+    W = W * w[:, None]
+    if norm.kind == "layernorm":
+        W = W - W.mean(1, keepdim=True)
+    through = torch.einsum("bphe,hde->hbpd", (grad / scale[..., None]).sum(0), W)
+    along = (torch.einsum("cbpd,hde->cbphe", x, W) * grad).sum(-1) / (x.shape[-1] * scale.pow(3))
+    return (through - torch.einsum("cbpd,cbph->hbpd", x, along)).to(resid.dtype)

@@ -23,11 +23,12 @@ even one prompt at a time is refused before any forward, with the figure and wha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
 
-from lens.circuits.forward import as_shares, graph_hooks, place_rows, post_norm_jvp, sender_outputs
+from lens.circuits.forward import as_shares, graph_hooks, head_input_grads, place_rows, post_norm_jvp, sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
@@ -141,19 +142,33 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
             scores[:prefix, receivers] += (delta[:prefix].flatten(1) @ torch.cat(window["grads"]).T).double()
             window.update(grads=[], receivers=[], prefix=0)
 
-    def accumulate(prefix, rows, grad):  # grad [copies * batch, pos, R_g, d_model]
-        g = grad.view(copies, batch, n_pos, *grad.shape[2:]).sum(0).permute(2, 0, 1, 3).flatten(1)
-        window["grads"].append(g)
+    def accumulate(prefix, rows, grad):  # grad [R_g, batch * pos * d_model], summed over copies
+        window["grads"].append(grad)
         window["receivers"].append(torch.arange(rows.start, rows.stop))
         window["prefix"] = max(window["prefix"], prefix)
         if sum(len(r) for r in window["receivers"]) >= GRADIENT_WINDOW:
             flush()
 
-    def on_receiver(layer, kind, rows, x):
+    def on_receiver(layer, kind, rows, x):  # the MLP input and the logits: x [copies * batch, pos, 1, d_model]
         y = x.clone()
         prefix = graph.senders_before(layer, kind)
-        y.register_hook(lambda grad: accumulate(prefix, rows, grad))
+        y.register_hook(lambda grad: accumulate(prefix, rows, grad.view(copies, -1).sum(0)[None]))
         return y
+
+    resid_pre = {}  # layer → the residual stream its attention pre-norm reads [copies * batch, pos, d_model]
+
+    def on_projection(layer, kind, x, point):
+        """A query, key or value projection [copies * batch, pos, n, d_head]: its receivers' input gradients
+        come from the gradient here, through the weights and the pre-norm (forward.head_input_grads), so the
+        layer projects one shared residual stream instead of a copy per head."""
+        W = model.blocks[layer].attn.W("W_Q" if kind == "q" else f"_W_{kind.upper()}")
+        resid, rows, prefix = resid_pre[layer], graph.receivers(layer, kind), graph.senders_before(layer, kind)
+
+        def on_grad(grad):
+            grads = head_input_grads(model, layer, resid.detach().view(copies, batch, n_pos, -1),
+                                     grad.view(copies, batch, *grad.shape[1:]), W)
+            accumulate(prefix, rows, grads.flatten(1))
+        x.register_hook(on_grad)
 
     def leaf(x, point):
         if interpolate is None:
@@ -167,7 +182,11 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
 
     keep = {}
     hooks = [("blocks.0.hook_resid_pre", leaf)]
-    hooks += graph_hooks(model, graph, on_sender if reference is not None else None, on_receiver)
+    hooks += graph_hooks(model, graph, on_sender if reference is not None else None, on_receiver,
+                         edited=lambda layer, kind: kind in ("mlp", "logits"))
+    for layer in range(graph.n_layers):
+        hooks.append((f"blocks.{layer}.hook_resid_pre", lambda x, point, layer=layer: resid_pre.update({layer: x})))
+        hooks += [(f"blocks.{layer}.attn.hook_{kind}", partial(on_projection, layer, kind)) for kind in "qkv"]
     hooks.append((f"blocks.{graph.n_layers - 1}.hook_resid_post", lambda x, point: keep.update(resid=x)))
     start, stop, n_rows = rows
     copied = tokens.repeat(copies, 1)
