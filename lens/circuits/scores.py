@@ -14,7 +14,9 @@ A node's score is the sum of its outgoing edges' scores (for EAP, the attributio
 corrupting its whole output); the logits' score is the sum of their incoming edges'.
 
 Memory: EAP keeps every sender's output on a chunk of prompts, [n_senders, prompts, pos, d_model] per
-buffer (the corrupted run's and the differences; EAP-IG also the clean run's). Prompts are chunked so
+buffer: the corrupted run's, turned into the differences in place (EAP-IG holds the clean run's too while
+it takes them). A query, key or value input's gradient comes from the gradient at its head's projection
+(forward.head_input_grads), so no per-head copy of the residual stream is made. Prompts are chunked so
 that the buffers and the gradient pass fit the budget (the caller's guard, lens.guard), and the largest
 chunk's bytes are reserved through the guard before anything is allocated: a request that cannot fit
 even one prompt at a time is refused before any forward, with the figure and what to shrink.
@@ -40,7 +42,7 @@ from lens.patching.metrics import metric_name
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS: tuple[Method, ...] = ("eap", "eap-ig", "exact")
 MAX_EXACT_EDGES = 5000
-BUFFERS = {"eap": 2, "eap-ig": 3}  # sender-output buffers a method keeps per chunk of prompts
+BUFFERS = {"eap": 1, "eap-ig": 2}  # sender-output buffers a method keeps per chunk of prompts, at most
 # Receivers' gradients gathered before they meet the sender differences in one matmul: with a few receivers
 # at a time the product only streams the differences through memory; with ~64 it is bound by arithmetic.
 GRADIENT_WINDOW = 64
@@ -73,15 +75,16 @@ class EdgeScores:
 
 
 def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
-    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward and the per-head
-    receiver inputs (lens's own estimate, or the guard's estimate of the forward where that is larger)."""
+    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward (lens's own
+    estimate, or the guard's estimate of the forward where that is larger), the copies of the MLP inputs and
+    of the final residual the receivers read, and per prompt the receivers' gradients summed over copies
+    (one layer's at a time, and a window waiting for the matmul)."""
     cfg, size = model.cfg, model.dtype.itemsize
-    per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos)
-    per_copy += 2 * cfg.n_layers * (graph.per_layer + 2) * n_pos * cfg.d_model * size
-    per_copy += GRADIENT_WINDOW * n_pos * cfg.d_model * size // copies
+    residual = n_pos * cfg.d_model * size
+    per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos) + 2 * (cfg.n_layers + 1) * residual
     with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
         checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
-    return max(copies * rows * per_copy, checked)
+    return max(copies * rows * per_copy, checked) + rows * (3 * graph.per_layer + GRADIENT_WINDOW) * residual
 
 
 def _buffer_bytes(model, graph: Graph, rows: int, n_pos: int, method: Method) -> int:
@@ -107,7 +110,7 @@ def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: 
             f"{method.upper()}'s sender differences ({mib(buffers)}: {BUFFERS[method]} x {graph.n_senders} senders x "
             f"{rows} prompts x {n_pos} positions x {model.cfg.d_model}) with its gradient pass",
             "use shorter prompts or a smaller model" + (", or method='eap' (one copy per prompt instead of steps, "
-                                                        "two buffers instead of three)" if method == "eap-ig" else ""))
+                                                        "one buffer instead of two)" if method == "eap-ig" else ""))
 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
@@ -117,7 +120,8 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     the metric per row of that forward ([copies, batch] float64).
     rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
     row its own answer and position) reads them in their places among the set's rows.
-    delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap).
+    delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap;
+    delta may be `reference` itself: each sender's slot is read, then overwritten by its difference).
     interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major.
     Cells of senders at or after a receiver get values too (the matmul covers a window of receivers); the
     caller masks them with graph.valid."""
@@ -229,21 +233,21 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
             rows = (start, start + len(part), batch)
-            reference, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
-                                                                       metric, rows)
-            delta = torch.empty_like(reference)
-            if method == "eap-ig":  # additive per-head differences under post-norms (forward.shares)
-                as_shares(model, graph, reference)
+            # the corrupted run's sender outputs, turned into the differences in place
+            delta, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
+                                                                   metric, rows)
             if method == "eap":
                 clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, positions,
-                                                        delta, scores, 1.0 / batch, rows, reference=reference)[0]
-            else:
+                                                        delta, scores, 1.0 / batch, rows, reference=delta)[0]
+            else:  # additive per-head differences under post-norms (forward.shares)
+                as_shares(model, graph, delta)
                 clean, clean_rows[start: rows[1]] = sender_outputs(model, graph, part.clean, part.mask, metric, rows)
-                as_shares(model, graph, clean)
-                torch.sub(reference, clean, out=delta)
+                ends = (delta[0].clone(), clean[0].clone())  # the corrupted and the clean embeddings
+                delta.sub_(as_shares(model, graph, clean))
+                del clean
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / (batch * steps), rows, interpolate=(reference[0], clean[0], alphas))
+                           1.0 / (batch * steps), rows, interpolate=(*ends, alphas))
         scores = scores * graph.valid
         clean_value, corrupted_value = float(clean_rows.mean()), float(corrupted_rows.mean())
     return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
