@@ -30,7 +30,15 @@ from typing import Literal
 
 import torch
 
-from lens.circuits.forward import as_shares, graph_hooks, head_input_grads, place_rows, post_norm_jvp, sender_outputs
+from lens.circuits.forward import (
+    as_shares,
+    final_resid_hook,
+    graph_hooks,
+    head_input_grads,
+    place_rows,
+    post_norm_jvp,
+    sender_outputs,
+)
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
@@ -205,6 +213,25 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     return values.detach().double().cpu()
 
 
+def _both_runs(model, graph: Graph, part: Pair, positions, per_row, rows: tuple[int, int, int]):
+    """EAP-IG's sender differences from one forward of the corrupted and the clean prompts together:
+    (corrupted - clean outputs [n_senders, batch, pos, d_model] (a view of both runs' buffer; under post-norms
+    of their shares, forward.shares), (the corrupted and the clean embeddings [batch, pos, d_model]),
+    [2, batch] float64 the metric per row on the corrupted and on the clean prompts)."""
+    batch, kept = len(part), {}
+    mask = None if part.mask is None else part.mask.repeat(2, 1)
+    with model.hooks(fwd_hooks=[final_resid_hook(graph, kept)]):
+        outputs = sender_outputs(model, graph, torch.cat([part.corrupted, part.clean]), mask)
+    with torch.no_grad():
+        resid = kept["resid"] if positions is None else kept["resid"][:, positions]
+        logits = model.final_logits(resid).view(2, batch, -1, model.cfg.d_vocab)
+        values = per_row(place_rows(logits, rows))[:, rows[0]: rows[1]].double().cpu()
+    as_shares(model, graph, outputs)
+    corrupted, clean = outputs[:, :batch], outputs[:, batch:]
+    ends = (corrupted[0].clone(), clean[0].clone())
+    return corrupted.sub_(clean), ends, values
+
+
 def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 5,
                 memory_budget: int | None = None) -> EdgeScores:
     """Scores of every edge of the model's graph for the metric over the pair's prompts (a Pair or a prompt set)."""
@@ -233,18 +260,14 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         for start in range(0, batch, chunk):
             part = pair.rows(slice(start, start + chunk))
             rows = (start, start + len(part), batch)
-            # the corrupted run's sender outputs, turned into the differences in place
-            delta, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
-                                                                   metric, rows)
-            if method == "eap":
+            if method == "eap":  # the corrupted run's sender outputs, turned into the differences in place
+                delta, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
+                                                                       metric, rows)
                 clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, positions,
                                                         delta, scores, 1.0 / batch, rows, reference=delta)[0]
-            else:  # additive per-head differences under post-norms (forward.shares)
-                as_shares(model, graph, delta)
-                clean, clean_rows[start: rows[1]] = sender_outputs(model, graph, part.clean, part.mask, metric, rows)
-                ends = (delta[0].clone(), clean[0].clone())  # the corrupted and the clean embeddings
-                delta.sub_(as_shares(model, graph, clean))
-                del clean
+            else:
+                delta, ends, values = _both_runs(model, graph, part, positions, per_row, rows)
+                corrupted_rows[start: rows[1]], clean_rows[start: rows[1]] = values
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
                            1.0 / (batch * steps), rows, interpolate=(*ends, alphas))
