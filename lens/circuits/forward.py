@@ -179,24 +179,31 @@ def as_shares(model, graph: Graph, outputs: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-def head_input_grads(model, layer: int, resid: torch.Tensor, grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+
+def head_input_grads(model, layer: int, kind: str, resid: torch.Tensor, projected: torch.Tensor,
+                     grad: torch.Tensor) -> torch.Tensor:
     """What a per-head copy of the layer's attention input would receive as gradient, from the gradient at the
-    heads' projections alone, summed over copies of the batch: Σ_c J_ln1(resid_c)^T (W_h grad_c,h).
+    heads' query, key or value projections (kind "q", "k" or "v") alone, summed over copies of the batch:
+    Σ_c J_ln1(resid_c)^T (W_h grad_c,h).
     resid [copies, batch, pos, d_model]: the residual stream the layer's attention pre-norm read;
-    grad [copies, batch, pos, n, d_head]: the gradient at n heads' projections (attn.hook_q / hook_k / hook_v,
-    so it includes any q/k norm and rotary after them); W [n, d_model, d_head]: those heads' weights
-    → [n, batch, pos, d_model]. With y = ln1(x) = P x / s · w (P centres for LayerNorm, s = rms(P x)):
+    projected, grad [copies, batch, pos, n, d_head]: the projection (attn.hook_q / hook_k / hook_v: n heads,
+    n_kv_heads for k and v) and the gradient there (so it includes any q/k norm and rotary after it)
+    → [n, batch, pos, d_model]. With y = ln1(x) = P x / s · w + b (P centres for LayerNorm, s = rms(P x)):
     J^T v = P (w v) / s - P x ((P x) · (w v)) / (d s³), so with W' = P diag(w) W the sum over copies is
-    W'_h Σ_c grad_c,h / s_c - Σ_c P x_c k_c,h, k_c,h = ((P x_c) W'_h) · grad_c,h / (d s_c³)."""
-    block = model.blocks[layer]
+    W'_h Σ_c grad_c,h / s_c - Σ_c P x_c k_c,h, k_c,h = ((P x_c) W'_h / s_c) · grad_c,h / (d s_c²), where
+    (P x_c) W'_h / s_c is the projection less its biases (b_h, and b W_h for LayerNorm)."""
+    block, attn = model.blocks[layer], model.blocks[layer].attn
     wide = torch.promote_types(grad.dtype, torch.float32)
-    grad, W = grad.to(wide), W.to(wide)
+    kv = "" if kind == "q" else "_"
+    W, bias = attn.W(f"{kv}W_{kind.upper()}").to(wide), attn.W(f"{kv}b_{kind.upper()}").to(wide)
+    grad = grad.to(wide)
     if not hasattr(block, "ln1"):  # no pre-norm (OLMo-2): the projections read the residual as it is
         return torch.einsum("bphe,hde->hbpd", grad.sum(0), W).to(resid.dtype)
     norm, w = block.ln1, model.weights.ln1_w[block.slot].to(wide)
     x = resid.to(wide)
     if norm.kind == "layernorm":  # F.layer_norm applies the stored weight, with no offset
         x = x - x.mean(-1, keepdim=True)
+        bias = bias + torch.einsum("d,hde->he", model.weights.ln1_b[block.slot].to(wide), W)
     elif norm.offset:
         w = w + norm.offset
     scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()  # [copies, batch, pos, 1]
@@ -204,5 +211,5 @@ def head_input_grads(model, layer: int, resid: torch.Tensor, grad: torch.Tensor,
     if norm.kind == "layernorm":
         W = W - W.mean(1, keepdim=True)
     through = torch.einsum("bphe,hde->hbpd", (grad / scale[..., None]).sum(0), W)
-    along = (torch.einsum("cbpd,hde->cbphe", x, W) * grad).sum(-1) / (x.shape[-1] * scale.pow(3))
+    along = ((projected.to(wide) - bias) * grad).sum(-1) / (x.shape[-1] * scale.pow(2))  # [copies, batch, pos, n]
     return (through - torch.einsum("cbpd,cbph->hbpd", x, along)).to(resid.dtype)

@@ -85,11 +85,13 @@ class EdgeScores:
 def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
     """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward (lens's own
     estimate, or the guard's estimate of the forward where that is larger), the copies of the MLP inputs and
-    of the final residual the receivers read, and per prompt the receivers' gradients summed over copies
-    (one layer's at a time, and a window waiting for the matmul)."""
+    of the final residual the receivers read, the queries, keys and values kept for their gradients, and per
+    prompt the receivers' gradients summed over copies (one layer's at a time, and a window waiting for the
+    matmul)."""
     cfg, size = model.cfg, model.dtype.itemsize
     residual = n_pos * cfg.d_model * size
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos) + 2 * (cfg.n_layers + 1) * residual
+    per_copy += cfg.n_layers * (graph.n_heads + 2 * graph.n_kv_heads) * cfg.d_head * n_pos * size
     with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
         checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
     return max(copies * rows * per_copy, checked) + rows * (3 * graph.per_layer + GRADIENT_WINDOW) * residual
@@ -173,12 +175,12 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
         """A query, key or value projection [copies * batch, pos, n, d_head]: its receivers' input gradients
         come from the gradient here, through the weights and the pre-norm (forward.head_input_grads), so the
         layer projects one shared residual stream instead of a copy per head."""
-        W = model.blocks[layer].attn.W("W_Q" if kind == "q" else f"_W_{kind.upper()}")
         resid, rows, prefix = resid_pre[layer], graph.receivers(layer, kind), graph.senders_before(layer, kind)
 
         def on_grad(grad):
-            grads = head_input_grads(model, layer, resid.detach().view(copies, batch, n_pos, -1),
-                                     grad.view(copies, batch, *grad.shape[1:]), W)
+            grads = head_input_grads(model, layer, kind, resid.detach().view(copies, batch, n_pos, -1),
+                                     x.detach().view(copies, batch, *x.shape[1:]),
+                                     grad.view(copies, batch, *grad.shape[1:]))
             accumulate(prefix, rows, grads.flatten(1))
         x.register_hook(on_grad)
 
