@@ -175,11 +175,13 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
         """A query, key or value projection [copies * batch, pos, n, d_head]: its receivers' input gradients
         come from the gradient here, through the weights and the pre-norm (forward.head_input_grads), so the
         layer projects one shared residual stream instead of a copy per head."""
-        resid, rows, prefix = resid_pre[layer], graph.receivers(layer, kind), graph.senders_before(layer, kind)
+        rows, prefix = graph.receivers(layer, kind), graph.senders_before(layer, kind)
+        # detached: the hook holds no reference to x's graph (x → its hook → x would be a cycle, freed late)
+        resid, projected = resid_pre[layer].detach(), x.detach()
 
         def on_grad(grad):
-            grads = head_input_grads(model, layer, kind, resid.detach().view(copies, batch, n_pos, -1),
-                                     x.detach().view(copies, batch, *x.shape[1:]),
+            grads = head_input_grads(model, layer, kind, resid.view(copies, batch, n_pos, -1),
+                                     projected.view(copies, batch, *projected.shape[1:]),
                                      grad.view(copies, batch, *grad.shape[1:]))
             accumulate(prefix, rows, grads.flatten(1))
         x.register_hook(on_grad)
