@@ -179,7 +179,6 @@ def as_shares(model, graph: Graph, outputs: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-
 def head_input_grads(model, layer: int, kind: str, resid: torch.Tensor, projected: torch.Tensor,
                      grad: torch.Tensor) -> torch.Tensor:
     """What a per-head copy of the layer's attention input would receive as gradient, from the gradient at the
