@@ -35,6 +35,7 @@ import torch
 from lens.circuits.forward import final_resid_hook, graph_hooks, post_norm
 from lens.circuits.graph import Graph
 from lens.guard import limit, require
+from lens.hooks import given_outputs
 from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy
 from lens.patching.metrics import _wide
 
@@ -72,13 +73,16 @@ class _Plan:
     normed: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _normed(graph: Graph, w: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The post-normed layers a receiver group's weights w [prefix, R_g] touch (see _Plan)."""
+def _normed(graph: Graph, w: torch.Tensor, computed: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The post-normed layers a receiver group's weights w [prefix, R_g] touch (see _Plan); a layer whose
+    attention is not computed (`computed` [n_senders] bool) is read from the reference whole and adds nothing."""
     out = []
     for layer in range(graph.n_layers):
         first = graph.head(layer, 0)
         if first >= w.shape[0]:
             break
+        if not computed[first]:
+            continue
         block = w[first: first + graph.n_heads]  # [H, R_g]
         full = (block == 1).all(0)
         part = ~full & (block != 0).any(0)
@@ -88,8 +92,32 @@ def _normed(graph: Graph, w: torch.Tensor) -> list[tuple[int, torch.Tensor, torc
     return out
 
 
-def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan | None]]:
-    """plans[group][circuit] for off [C, S, R]."""
+def _live(graph: Graph, off: torch.Tensor) -> torch.Tensor:
+    """[C, n_senders] bool: the senders some receiver reads (wholly or partly) from this run, per circuit.
+    The output of any other sender is never read, so it may as well be the reference's."""
+    return ((off != 1) & graph.valid).any(2)
+
+
+def _computed(graph: Graph, live: torch.Tensor) -> torch.Tensor:
+    """[n_senders] bool: the senders a forward computes for circuits whose live senders are `live` [C, S]:
+    the input, every head of a layer with a live head (a layer's attention runs whole), every live MLP."""
+    live = live.any(0)
+    heads = live[1:].view(graph.n_layers, graph.n_heads + 1)
+    computed = torch.cat([heads[:, :-1].any(1, keepdim=True).expand(-1, graph.n_heads), heads[:, -1:]], 1)
+    return torch.cat([torch.ones(1, dtype=torch.bool), computed.flatten()])
+
+
+def _skipped(graph: Graph, computed: torch.Tensor) -> frozenset[tuple[int, str]]:
+    """The components (layer, "attn" | "mlp") a forward leaves out."""
+    return frozenset((layer, part) for layer in range(graph.n_layers)
+                     for part, sender in (("attn", graph.head(layer, 0)), ("mlp", graph.mlp(layer)))
+                     if not computed[sender])
+
+
+def _plans(graph: Graph, off: torch.Tensor, post_norms: bool, computed: torch.Tensor) -> list[list[_Plan | None]]:
+    """plans[group][circuit] for off [C, S, R], over the senders the forward computes (`computed` [S] bool;
+    the others read as their reference output in every copy, so their differences are 0). A receiver of a
+    component that is not computed gets no plan."""
     heads = torch.zeros(graph.n_senders, dtype=torch.bool)
     if post_norms:
         for layer in range(graph.n_layers):
@@ -98,10 +126,14 @@ def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan
     for layer, kind, rows in graph.groups():
         prefix = graph.senders_before(layer, kind)
         block = off[:, :prefix, rows.start: rows.stop]  # [C, prefix, R_g]
-        linear = ~heads[:prefix]
+        linear = ~heads[:prefix] & computed[:prefix]
+        fed = graph.head(layer, 0) if kind in ("q", "k", "v") else graph.mlp(layer) if kind == "mlp" else 0
+        if not computed[fed]:
+            plans.append([None] * len(block))
+            continue
         group = []
         for w in block:
-            normed = _normed(graph, w) if post_norms else []
+            normed = _normed(graph, w, computed) if post_norms else []
             w = w[linear]
             n_on, n_not_one = int((w != 0).sum()), int((w != 1).sum())
             if n_on == 0 and not normed:
@@ -142,17 +174,39 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
     off = (off * graph.valid).to(model.dtype)
     positions, per_row = row_metric(metric, n_pos)
     n_logit = n_pos if positions is None else len(positions)
-    plans = _plans(graph, off.cpu(), model.cfg.post_norms)
+    off = off.cpu()
+    live = _live(graph, off)
     values = []
     start = 0
     while start < len(off):
-        needed = _needed(graph, [group[start:] for group in plans])
-        chunk = circuits_per_forward(model, graph, batch, n_pos, n_logit, len(needed), memory_budget)
-        stop = min(len(off), start + chunk)
-        chunk_plans = [group[start:stop] for group in plans]
-        values.append(_forward(model, graph, tokens, mask, reference, chunk_plans, stop - start, positions, per_row))
+        # as many circuits as the budget allows for the differences of the senders they compute between them
+        stop = start + 1
+        while stop < len(off) and stop + 1 - start <= circuits_per_forward(
+                model, graph, batch, n_pos, n_logit, int(_computed(graph, live[start: stop + 1]).sum()), memory_budget):
+            stop += 1
+        computed = _computed(graph, live[start:stop])
+        plans = _plans(graph, off[start:stop], model.cfg.post_norms, computed)
+        values.append(_forward(model, graph, tokens, mask, reference, plans, computed, stop - start, positions, per_row))
         start = stop
     return torch.cat(values)
+
+
+def _given(model, graph: Graph, reference: torch.Tensor, skipped, rows: int) -> dict[str, torch.Tensor]:
+    """The outputs of the components a forward skips, from the reference senders, for `rows` rows:
+    an MLP's is its sender's; a layer's attention output is the sum of its heads' (+ b_O; under post-norms
+    the norm of their terms)."""
+    from lens.circuits.forward import post_norm
+    out = {}
+    for layer, part in skipped:
+        if part == "mlp":
+            value = reference[graph.mlp(layer)]
+        else:
+            value = reference[graph.head(layer, 0): graph.head(layer, 0) + graph.n_heads].sum(0)
+            value = post_norm(model, layer, value) if model.cfg.post_norms else \
+                value + model.weights.b_O[model.blocks[layer].slot].to(value.dtype)
+        out[f"blocks.{layer}.hook_{part}_out"] = value.expand(rows // value.shape[0], *value.shape).flatten(0, 1) \
+            if value.shape[0] != rows else value
+    return out
 
 
 def _needed(graph: Graph, plans) -> list[int]:
@@ -169,7 +223,9 @@ def _needed(graph: Graph, plans) -> list[int]:
     return sorted(needed)
 
 
-def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, per_row) -> torch.Tensor:
+def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, positions, per_row) -> torch.Tensor:
+    """The metric per prompt for n_copies circuits in one forward: [n_copies, batch]. Components no copy
+    computes (`computed`) are skipped, their outputs given from the reference (lens.hooks.given_outputs)."""
     batch, n_pos = tokens.shape
     d_model = model.cfg.d_model
     post_norms = model.cfg.post_norms
@@ -182,7 +238,7 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
             "the sender differences of the circuits in one forward", "use fewer or shorter prompts")
     deltas = torch.empty(n_copies, len(needed), batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     total = torch.zeros(n_copies, batch, n_pos, d_model, dtype=model.dtype, device=model.device)
-    state = {"total": total, "at_attn": total}
+    state = {"total": total, "at_attn": (-1, total)}  # at_attn: (layer, the total before its heads)
     groups = graph.groups()
     plan_of = {(layer, kind): i for i, (layer, kind, _) in enumerate(groups)}
 
@@ -194,6 +250,8 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         ref = reference[first: first + n].permute(1, 2, 0, 3)  # [batch or 1, pos, n, d_model]
         this = x.view(n_copies, batch, n_pos, n, d_model)
         delta = ref - this
+        if first in head_layer:
+            state["at_attn"] = (head_layer[first], state["total"])
         if post_norms and first in head_layer:
             layer = head_layer[first]
             layer_sum[layer] = this.sum(3)
@@ -267,9 +325,9 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         return torch.zeros(n_rows, deltas[0, 0].numel(), dtype=deltas.dtype) if edit is None else edit
 
     def on_receiver(layer, kind, rows, x):  # x [copies * batch, pos, R_g, d_model]
-        if kind == "q":
-            state["at_attn"] = state["total"]
-        total = state["at_attn"] if kind == "mlp" and graph.parallel else state["total"]
+        total = state["total"]
+        if kind == "mlp" and graph.parallel and state["at_attn"][0] == layer:  # a parallel MLP reads no heads of
+            total = state["at_attn"][1]  # its own layer (when the layer's attention is skipped, none were added)
         group = plans[plan_of[layer, kind]]
         if all(p is None for p in group):
             return None
@@ -286,17 +344,17 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
                 normed_edit(c, normed_layer, full, part, w, out[c])
         return out.view_as(x)
 
-    # Receiver groups no circuit of this forward edits run unhooked (parallel blocks: the MLP's edit reads the
-    # total kept at its layer's query hook, so that one stays)
+    # Receiver groups no circuit of this forward edits run unhooked
     edited = {(layer, kind) for (layer, kind, _), group in zip(groups, plans, strict=True)
               if any(p is not None for p in group)}
-    edited |= {(layer, "q") for layer, kind in list(edited) if kind == "mlp" and graph.parallel}
+    skipped = _skipped(graph, computed)
     keep = {}
-    hooks = graph_hooks(model, graph, on_sender, on_receiver, lambda layer, kind: (layer, kind) in edited)
+    hooks = graph_hooks(model, graph, on_sender, on_receiver, lambda layer, kind: (layer, kind) in edited, skipped)
     hooks.append(final_resid_hook(graph, keep))
     rows = tokens.repeat(n_copies, 1)
     rows_mask = None if mask is None else mask.repeat(n_copies, 1)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+    given = _given(model, graph, reference, skipped, len(rows))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), given_outputs(model, given):
         model(rows, attention_mask=rows_mask, return_type=None)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(n_copies, batch, resid.shape[1], -1)
