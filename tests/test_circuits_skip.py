@@ -9,7 +9,7 @@ from test_circuits import answer_metric, make, random_pair
 
 from lens.circuits import Circuit, Graph
 from lens.circuits.evaluation import reference_outputs
-from lens.circuits.patched import run_circuits
+from lens.circuits.patched import row_metric, run_circuits
 from lens.hooks import given_outputs
 
 
@@ -29,25 +29,43 @@ def runs_of(model) -> tuple[dict, list]:
 
 @pytest.mark.parametrize("ablation", ["corrupted", "mean"])
 @pytest.mark.parametrize("variant", list(TINY_VARIANTS))
-def test_a_sparse_circuit_skips_unread_components_and_equals_the_full_forward(variant, ablation):
+def test_a_sparse_circuit_runs_only_its_components_and_equals_node_patching(variant, ablation):
+    """Nodes L1H2 and L2.mlp: only layer 1's attention and layer 2's MLP run; the metric equals a plain
+    forward with every other head's hook_result and MLP's hook_mlp_out patched to the corrupted run's (or
+    its mean over the corrupted prompts)."""
     model = make(variant)
     graph, pair, metric = Graph.of(model), random_pair(), answer_metric()
-    reference = reference_outputs(model, graph, pair, ablation)
-    sparse = (~Circuit.from_nodes(graph, ["L1H2", "L2.mlp"]).edges).float()
-    both = torch.stack([sparse, torch.zeros_like(sparse)])  # with the whole graph: one forward computes everything
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = [f"blocks.{layer}.attn.hook_result" for layer in range(L)] + [f"blocks.{layer}.hook_mlp_out" for layer in range(L)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(pair.corrupted, names_filter=names)
+    patch = {name: cache[name] if ablation == "corrupted" else cache[name].mean(0, keepdim=True) for name in names}
+
+    def heads(x, point):
+        x = x.clone()
+        out = [h for h in range(H) if (point.layer(), h) != (1, 2)]
+        x[:, :, out] = patch[point.name][:, :, out].expand_as(x[:, :, out])
+        return x
+    hooks = [(f"blocks.{layer}.attn.hook_result", heads) for layer in range(L)]
+    hooks += [(f"blocks.{layer}.hook_mlp_out", lambda x, point: patch[point.name].expand_as(x))
+              for layer in range(L) if layer != 2]
+    positions, per_row = row_metric(metric, pair.clean.shape[1])
+    with torch.no_grad():
+        expected = per_row(model.run_with_hooks(pair.clean, fwd_hooks=hooks)[None, :, positions])[0]
+        clean = per_row(model(pair.clean)[None, :, positions])[0]
+    off = (~Circuit.from_nodes(graph, ["L1H2", "L2.mlp"]).edges).float()
     counts, handles = runs_of(model)
     try:
-        alone = run_circuits(model, graph, pair.clean, pair.mask, reference, sparse, metric)
-        skipped = dict(counts)
-        joint = run_circuits(model, graph, pair.clean, pair.mask, reference, both, metric)
+        got = run_circuits(model, graph, pair.clean, pair.mask, reference_outputs(model, graph, pair, ablation),
+                           off, metric)[0]
     finally:
         for handle in handles:
             handle.remove()
-    assert (alone[0] - joint[0]).abs().max() <= 1e-5, max_diff(alone[0], joint[0])
-    # the circuit reads layer 1's heads and layer 2's MLP (and the input) from this run: nothing else runs
-    assert {key for key, n in skipped.items() if n} == {(1, "attn"), (2, "mlp")}, skipped
-    assert all(counts[key] - skipped[key] == 1 for key in counts)  # the joint forward ran every component once
-    assert (joint[1] - joint[0]).abs().max() > 1e-3  # the circuit differs from the whole graph: the test can fail
+    assert (got - expected).abs().max() <= 1e-5, max_diff(got, expected)
+    # the reference forward ran every component once; the circuit's forward layer 1's attention and layer 2's MLP
+    assert {key for key, n in counts.items() if n == 2} == {(1, "attn"), (2, "mlp")}, counts
+    assert all(n in (1, 2) for n in counts.values()), counts
+    assert (expected - clean).abs().max() > 1e-3  # the patch matters, so the test can fail
 
 
 def test_given_outputs_refuses_other_points_and_hooks_that_would_never_fire():

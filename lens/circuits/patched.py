@@ -107,6 +107,16 @@ def _computed(graph: Graph, live: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones(1, dtype=torch.bool), computed.flatten()])
 
 
+def _work(model, graph: Graph, computed: torch.Tensor) -> int:
+    """The weights a forward computing these senders multiplies per token (the attention of a layer with a
+    computed head, each computed MLP, the embeddings and unembedding counted as one layer): its cost."""
+    cfg = model.cfg
+    attn = cfg.d_model * cfg.d_head * (2 * cfg.n_heads + 2 * graph.n_kv_heads)
+    mlp = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_mlp
+    heads = computed[1:].view(graph.n_layers, graph.n_heads + 1)
+    return int(heads[:, 0].sum()) * attn + int(heads[:, -1].sum()) * mlp + attn + mlp
+
+
 def _skipped(graph: Graph, computed: torch.Tensor) -> frozenset[tuple[int, str]]:
     """The components (layer, "attn" | "mlp") a forward leaves out."""
     return frozenset((layer, part) for layer in range(graph.n_layers)
@@ -147,6 +157,12 @@ def _plans(graph: Graph, off: torch.Tensor, post_norms: bool, computed: torch.Te
     return plans
 
 
+# Circuits share a forward when computing what any of them needs for all of them costs at most this much more
+# than computing each one's own (the larger batch runs the weights no faster per copy on CPU past a few
+# hundred tokens)
+SHARED_WORK = 1.1
+
+
 def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_pos: int, n_deltas: int,
                          memory_budget: int | None) -> int:
     budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
@@ -178,11 +194,17 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
     live = _live(graph, off)
     values = []
     start = 0
+    work = [_work(model, graph, _computed(graph, live[c: c + 1])) for c in range(len(off))]
     while start < len(off):
-        # as many circuits as the budget allows for the differences of the senders they compute between them
+        # Circuits share a forward while the budget holds the differences of the senders they compute between
+        # them, and while computing all of those for each of them costs little more than each computing its own
         stop = start + 1
-        while stop < len(off) and stop + 1 - start <= circuits_per_forward(
-                model, graph, batch, n_pos, n_logit, int(_computed(graph, live[start: stop + 1]).sum()), memory_budget):
+        while stop < len(off):
+            computed = _computed(graph, live[start: stop + 1])
+            copies = stop + 1 - start
+            if copies > circuits_per_forward(model, graph, batch, n_pos, n_logit, int(computed.sum()), memory_budget) \
+                    or copies * _work(model, graph, computed) > SHARED_WORK * sum(work[start: stop + 1]):
+                break
             stop += 1
         computed = _computed(graph, live[start:stop])
         plans = _plans(graph, off[start:stop], model.cfg.post_norms, computed)
@@ -283,6 +305,26 @@ def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, p
         """How many of the needed senders (deltas' rows) come before the layer's attention."""
         return int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
 
+    def combine(c: int, plan: _Plan, lo: int, hi: int) -> torch.Tensor | None:
+        """Σ_s weights[s, r] delta_s over one copy's needed senders in rows lo..hi of `deltas`: [hi - lo, R_g]
+        weights (None when the plan reads none of them)."""
+        cols = slot[plan.senders]
+        here = (cols >= lo) & (cols < hi)
+        if not bool(here.any()):
+            return None
+        w = torch.zeros(hi - lo, plan.weights.shape[1], dtype=deltas.dtype)
+        w[cols[here] - lo] = plan.weights[here].to(deltas.dtype)
+        return w
+
+    def product(c: int, lo: int, w: torch.Tensor) -> torch.Tensor:
+        """deltas[c, lo: lo + len(w)] weighted by w [n, R]: [batch * pos * d_model, R]. As deltas^T @ w, the
+        orientation BLAS runs near memory speed for a few columns; widths 2..15 are padded to 16, which
+        the CPU kernels run faster than the odd widths (measured on 2 cores: 24 ms against 45-80 ms)."""
+        width = w.shape[1]
+        if 1 < width < 16:
+            w = torch.cat([w, w.new_zeros(len(w), 16 - width)], 1)
+        return (deltas[c, lo: lo + len(w)].flatten(1).T @ w.to(deltas.device))[:, :width]
+
     def early_edits(layer: int) -> list[dict[str, torch.Tensor]]:
         """Σ_s weights[s, r] delta_s over the senders before the layer's attention, for every receiver group of
         the layer (q, k, v and the MLP's share) in one matmul per copy: the differences are streamed through
@@ -294,35 +336,30 @@ def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, p
                 columns, kinds = [], []
                 for kind, _ in layer_groups[layer]:
                     plan = plans[plan_of[layer, kind]][c]
-                    if plan is None or not len(plan.senders):
-                        continue
-                    cols = slot[plan.senders]
-                    here = cols < n_early
-                    w = torch.zeros(n_early, plan.weights.shape[1], dtype=deltas.dtype)
-                    w[cols[here]] = plan.weights[here].to(deltas.dtype)
-                    columns.append(w)
-                    kinds.append((kind, w.shape[1]))
+                    w = None if plan is None else combine(c, plan, 0, n_early)
+                    if w is not None:
+                        columns.append(w)
+                        kinds.append((kind, w.shape[1]))
                 edits = {}
-                if columns and n_early:
-                    product = torch.cat(columns, 1).to(deltas.device).T @ deltas[c, :n_early].flatten(1)
-                    edits = dict(zip([k for k, _ in kinds], product.split([n for _, n in kinds]), strict=True))
+                if columns:
+                    edits = dict(zip([k for k, _ in kinds], product(c, 0, torch.cat(columns, 1)).split(
+                        [n for _, n in kinds], dim=1), strict=True))
                 per_copy.append(edits)
             early[layer] = per_copy
         return early[layer]
 
-    def edit_of(plan: _Plan, c: int, layer: int, kind: str, n_rows: int) -> torch.Tensor:
-        """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model] (the senders before the
+    def edit_of(plan: _Plan, c: int, layer: int, kind: str) -> torch.Tensor | None:
+        """Σ_s weights[s, r] delta_s for one copy: [batch * pos * d_model, n_rows] (the senders before the
         layer's attention from early_edits, the layer's own heads for a sequential block's MLP here)."""
         if kind == "logits":  # once per forward: its own matmul over every needed sender
-            cols = slot[plan.senders]
-            return plan.weights.to(deltas.device, deltas.dtype).T @ deltas[c, cols].flatten(1)
+            return product(c, 0, combine(c, plan, 0, len(needed)))
         edit = early_edits(layer)[c].pop(kind, None)  # each group's rows are read once: free them
-        cols = slot[plan.senders]
-        late = cols >= early_senders(layer)  # a sequential block's MLP reads its own layer's heads too
-        if bool(late.any()):
-            extra = plan.weights[late].to(deltas.device, deltas.dtype).T @ deltas[c, cols[late]].flatten(1)
+        n_early, n_before = early_senders(layer), int(torch.searchsorted(needed_t, graph.senders_before(layer, kind)))
+        late = combine(c, plan, n_early, n_before)  # a sequential block's MLP reads its own layer's heads too
+        if late is not None:
+            extra = product(c, n_early, late)
             edit = extra if edit is None else edit + extra
-        return torch.zeros(n_rows, deltas[0, 0].numel(), dtype=deltas.dtype) if edit is None else edit
+        return edit
 
     def on_receiver(layer, kind, rows, x):  # x [copies * batch, pos, R_g, d_model]
         total = state["total"]
@@ -336,8 +373,9 @@ def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, p
         for c, plan in enumerate(group):
             if plan is None:
                 continue
-            if len(plan.senders):
-                out[c] += edit_of(plan, c, layer, kind, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
+            edit = edit_of(plan, c, layer, kind) if len(plan.senders) else None
+            if edit is not None:
+                out[c] += edit.view(batch, n_pos, d_model, n_rows).transpose(2, 3)
             if plan.flip:
                 out[c] += total[c][:, :, None]
             for normed_layer, full, part, w in plan.normed:
