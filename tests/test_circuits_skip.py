@@ -7,8 +7,8 @@ import torch
 from conftest import TINY_VARIANTS, max_diff
 from test_circuits import answer_metric, make, random_pair
 
-from lens.circuits import Circuit, Graph
-from lens.circuits.evaluation import reference_outputs
+from lens.circuits import Circuit, Graph, Pair
+from lens.circuits.evaluation import baseline, reference_outputs
 from lens.circuits.patched import row_metric, run_circuits
 from lens.hooks import given_outputs
 
@@ -84,3 +84,38 @@ def test_given_outputs_refuses_other_points_and_hooks_that_would_never_fire():
             given = model(tokens)
         patched = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", lambda x, point: value)])
     assert (given - patched).abs().max() <= 1e-6 and model.blocks[1].hook_mlp_out.given is None
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_positions_before_the_first_difference_run_once_and_change_nothing(variant, padded):
+    """Clean and corrupted prompts that share their first 4 tokens: the circuits' forwards run positions 4..
+    only, attending to the reference run's keys and values, and give what full-length forwards give."""
+    model = make(variant)
+    graph, metric = Graph.of(model), answer_metric()
+    pair = random_pair(4, 9)
+    corrupted = pair.corrupted.clone()
+    corrupted[:, :4] = pair.clean[:, :4]
+    mask = None
+    if padded:  # rows of several lengths, padded on the right as prompt sets are (the metric reads the last column)
+        mask = torch.ones_like(pair.clean)
+        mask[1, -2:] = 0
+        mask[3, 2:-1] = 0
+    pair = Pair(pair.clean, corrupted, mask)
+    assert pair.unchanged() == 4
+    base = baseline(model, pair, metric)
+    sizes = [graph.valid, torch.zeros_like(graph.valid)] + [
+        Circuit.from_nodes(graph, nodes).edges for nodes in (["L1H2", "L2.mlp"], ["L0H0", "L0.mlp", "L2H3"])]
+    off = (~torch.stack(sizes)).float()
+    lengths = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        short = run_circuits(model, graph, pair.clean, mask, base.outputs, off, metric, prefix=base.prefix)
+        ran = list(lengths)
+        full = run_circuits(model, graph, pair.clean, mask, base.outputs, off, metric)
+    finally:
+        handle.remove()
+    assert set(ran) == {5} and set(lengths[len(ran):]) == {9}, lengths
+    assert (short - full).abs().max() <= 1e-5, max_diff(short, full)
+    assert (short[0] - base.clean).abs().max() <= 1e-5 and (short[1] - base.empty).abs().max() <= 1e-5
+    assert (short[2] - short[0]).abs().max() > 1e-3  # a circuit that differs from the whole graph

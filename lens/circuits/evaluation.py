@@ -20,6 +20,7 @@ from lens.circuits.forward import sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
+from lens.model.kv_cache import KVCache
 
 Ablation = Literal["corrupted", "mean"]
 ABLATIONS: tuple[Ablation, ...] = ("corrupted", "mean")
@@ -103,6 +104,8 @@ class Baseline:
     clean: torch.Tensor
     empty: torch.Tensor
     ablation: str
+    # (n, the reference run's keys and values): its first n positions equal this run's (run_circuits' prefix)
+    prefix: tuple[int, KVCache] | None = None
 
 
 def baseline(model, pair: Pair, metric, ablation: Ablation = "corrupted", reference=None,
@@ -111,15 +114,21 @@ def baseline(model, pair: Pair, metric, ablation: Ablation = "corrupted", refere
     unless their metric per prompt is given (`clean`, e.g. EdgeScores.clean_rows_for); under mean ablation
     the empty circuit's metric from a forward that computes nothing but the embeddings and the logits."""
     graph = Graph.of(model)
+    prefix = None
     if ablation == "corrupted":
-        outputs, empty = reference_outputs(model, graph, pair, ablation, reference, metric)
+        if reference is not None:
+            raise ValueError("a reference set is for ablation='mean'; corrupted ablation reads the pair's "
+                             "corrupted prompts")
+        kv = KVCache(model.cfg, len(pair), pair.clean.shape[1], model.dtype, model.device)
+        outputs, empty = sender_outputs(model, graph, pair.corrupted, pair.mask, metric, kv=kv)
+        prefix = (pair.unchanged(), kv)
     else:
         outputs = reference_outputs(model, graph, pair, ablation, reference)
         everything = torch.ones(1, graph.n_senders, graph.n_receivers)
         empty = run_circuits(model, graph, pair.clean, pair.mask, outputs, everything, metric, memory_budget)[0]
     if clean is None:
         clean = pair.row_values(model, metric, which="clean")[0]
-    return Baseline(outputs, clean, empty, ablation)
+    return Baseline(outputs, clean, empty, ablation, prefix)
 
 
 def _masks(graph: Graph, circuits) -> torch.Tensor:
@@ -157,7 +166,7 @@ def evaluate(model, circuits, pair: Pair, metric, ablation: Ablation = "corrupte
     elif base.ablation != ablation:
         raise ValueError(f"this baseline is for {base.ablation} ablation, not {ablation}")
     values = run_circuits(model, graph, pair.clean, pair.mask, base.outputs, (~masks).to(torch.float32), metric,
-                          memory_budget)
+                          memory_budget, base.prefix)
     out = []
     for mask, row in zip(masks, values, strict=True):
         value, std, low, high = bootstrap(row, base.clean, base.empty)

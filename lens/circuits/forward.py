@@ -154,10 +154,11 @@ def place_rows(logits: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor
 
 
 def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, metric=None,
-                   rows: tuple[int, int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                   rows: tuple[int, int, int] | None = None, kv=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
     per prompt on this input ([batch] float64), from the same forward. rows (start, stop, n_rows): the
-    input is those rows of a set the metric was made for (default: the whole set)."""
+    input is those rows of a set the metric was made for (default: the whole set). kv: an empty KVCache
+    the forward fills with its keys and values."""
     from lens.circuits.patched import row_metric
     from lens.guard import require
     batch, n_pos = tokens.shape
@@ -170,7 +171,7 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
     kept = {}
     hooks = graph_hooks(model, graph, on_sender=keep) + [final_resid_hook(graph, kept)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(tokens, attention_mask=mask, return_type=None)
+        model(tokens, attention_mask=mask, return_type=None, past_kv_cache=kv)
         if metric is None:
             return out
         positions, per_row = row_metric(metric, n_pos)

@@ -36,7 +36,8 @@ from lens.circuits.forward import final_resid_hook, graph_hooks, post_norm
 from lens.circuits.graph import Graph
 from lens.guard import limit, require
 from lens.hooks import given_outputs
-from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy
+from lens.model.kv_cache import KVCache
+from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy, _kv_prefix
 from lens.patching.metrics import _wide
 
 
@@ -177,10 +178,15 @@ def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_po
 
 
 def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, reference: torch.Tensor,
-                 off: torch.Tensor, metric, memory_budget: int | None = None) -> torch.Tensor:
+                 off: torch.Tensor, metric, memory_budget: int | None = None,
+                 prefix: tuple[int, KVCache] | None = None) -> torch.Tensor:
     """The metric per prompt with each circuit: [n_circuits, batch].
     tokens [batch, pos] (this run's input); reference [n_senders, batch or 1, pos, d_model] the outputs
-    receivers read for edges that are off; off [n_circuits, n_senders, n_receivers] as above."""
+    receivers read for edges that are off; off [n_circuits, n_senders, n_receivers] as above.
+    prefix (n, kv): the first n positions of this run and the reference run are the same tokens, and kv holds
+    the reference run's keys and values: every sender's difference is 0 there, so no circuit changes those
+    positions, and the circuits' forwards run the later positions only, attending to kv's (when the metric
+    reads none of the first n)."""
     batch, n_pos = tokens.shape
     if off.dim() == 2:
         off = off[None]
@@ -189,6 +195,12 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
         raise ValueError(f"circuit weights have shape {tuple(off.shape[1:])}; this graph needs {expected}")
     off = (off * graph.valid).to(model.dtype)
     positions, per_row = row_metric(metric, n_pos)
+    kept = 0  # positions run once, in the reference run
+    if prefix is not None and positions is not None and reference.shape[1] == batch:
+        kept = min(prefix[0], *positions)
+    if kept:
+        tokens, reference, positions = tokens[:, kept:], reference[:, :, kept:], [p - kept for p in positions]
+        n_pos -= kept
     n_logit = n_pos if positions is None else len(positions)
     off = off.cpu()
     live = _live(graph, off)
@@ -208,7 +220,9 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
             stop += 1
         computed = _computed(graph, live[start:stop])
         plans = _plans(graph, off[start:stop], model.cfg.post_norms, computed)
-        values.append(_forward(model, graph, tokens, mask, reference, plans, computed, stop - start, positions, per_row))
+        cache = _kv_prefix(model, prefix[1], batch, 0, kept, stop - start, mask) if kept else None
+        values.append(_forward(model, graph, tokens, None if mask is None else mask[:, kept:], reference, plans,
+                               computed, stop - start, positions, per_row, cache))
         start = stop
     return torch.cat(values)
 
@@ -245,9 +259,11 @@ def _needed(graph: Graph, plans) -> list[int]:
     return sorted(needed)
 
 
-def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, positions, per_row) -> torch.Tensor:
+def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, positions, per_row,
+             cache: KVCache | None) -> torch.Tensor:
     """The metric per prompt for n_copies circuits in one forward: [n_copies, batch]. Components no copy
-    computes (`computed`) are skipped, their outputs given from the reference (lens.hooks.given_outputs)."""
+    computes (`computed`) are skipped, their outputs given from the reference (lens.hooks.given_outputs).
+    cache: the keys and values of positions before `tokens`, for every copy."""
     batch, n_pos = tokens.shape
     d_model = model.cfg.d_model
     post_norms = model.cfg.post_norms
@@ -393,7 +409,7 @@ def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, p
     rows_mask = None if mask is None else mask.repeat(n_copies, 1)
     given = _given(model, graph, reference, skipped, len(rows))
     with torch.no_grad(), model.hooks(fwd_hooks=hooks), given_outputs(model, given):
-        model(rows, attention_mask=rows_mask, return_type=None)
+        model(rows, attention_mask=rows_mask, return_type=None, past_kv_cache=cache)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(n_copies, batch, resid.shape[1], -1)
         return per_row(logits).double().cpu()
