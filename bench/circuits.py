@@ -49,7 +49,7 @@ def run(n: int = 50, repeats: int = 3) -> dict:
              "eap_s": lambda: found.update(eap=edge_scores(model, pair, metric, "eap")),
              "eap_ig_s": lambda: found.update(ig=edge_scores(model, pair, metric, "eap-ig", steps=5)),
              "curve_s": lambda: found.update(curve=curve(model, found["ig"], pair, metric, sizes))}
-    rows = {"n_prompts": len(ps), "n_pos": pair.clean.shape[1], "n_edges": graph.n_edges}
+    rows = {"n_prompts": len(ps), "n_pos": pair.clean.shape[1], "n_edges": graph.n_edges, "unchanged": pair.unchanged()}
     rss_before = _rss_mib()
     # interleaved: each round times every step once, so a change in the machine's load hits all of them
     times = {name: [] for name in timed}
@@ -73,7 +73,7 @@ def run(n: int = 50, repeats: int = 3) -> dict:
 def report(rows: dict) -> str:
     return "\n".join([
         f"circuit discovery, smollm2-135m, IOI: {rows['n_prompts']} prompts x {rows['n_pos']} tokens, "
-        f"{rows['n_edges']} edges",
+        f"{rows['n_edges']} edges; clean and corrupted prompts agree on their first {rows['unchanged']} tokens",
         f"  one forward {rows['forward_s']:.2f} s, forward + backward {rows['forward_backward_s']:.2f} s",
         f"  EAP (every edge)          {rows['eap_s']:.2f} s = {rows['eap_ratio']:.2f}x forward+backward (target <= 3)",
         f"  EAP-IG (5 steps)          {rows['eap_ig_s']:.2f} s = {rows['eap_ig_ratio']:.2f}x forward+backward "

@@ -59,6 +59,9 @@ class HookPoint(nn.Module):
         # A spliced dictionary (lens/sae/splice.py): a plain function, so its module stays out of the
         # model's parameters. It runs before the hooks, which see what it returns.
         self.splice: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # A value given from outside (`given_outputs`): a block's hook_attn_out or hook_mlp_out that holds
+        # one takes it, and the attention or MLP that would compute it is skipped.
+        self.given: torch.Tensor | None = None
 
     def layer(self) -> int | None:
         match = re.match(r"blocks\.(\d+)\.", self.name)
@@ -137,6 +140,34 @@ class HookHandle:
         if self in self.point.handles:
             self.point.handles.remove(self)
             fns.remove(self.fn)
+
+
+GIVEN_POINTS = ("hook_attn_out", "hook_mlp_out")  # the points whose component a given value skips
+
+
+@contextmanager
+def given_outputs(model, values: dict[str, torch.Tensor]):
+    """Within the with-block, each named point (`blocks.L.hook_attn_out` or `blocks.L.hook_mlp_out`) takes
+    its given value [batch, pos, d_model] (after any post-norm), and the attention or MLP that would compute
+    it is not run: a forward that reads some components' outputs from another run spends nothing on them.
+    Hooks on the points inside a skipped component would never fire, so they are an error."""
+    points = model.hook_dict
+    for name in values:
+        if name not in points or not name.endswith(GIVEN_POINTS):
+            raise ValueError(f"{name!r} cannot be given: only a block's {' or '.join(GIVEN_POINTS)} can")
+        block = name.rsplit(".", 1)[0]
+        inside = (f"{block}.attn.", f"{block}.hook_q_input", f"{block}.hook_k_input", f"{block}.hook_v_input",
+                  f"{block}.hook_attn_in") if name.endswith("attn_out") else (f"{block}.mlp.", f"{block}.hook_mlp_in")
+        silent = [n for n, p in points.items() if n.startswith(inside) and (p.fwd_fns or p.bwd_fns or p.splice)]
+        if silent:
+            raise ValueError(f"hooks on {silent} would never fire: {name} is given, so its component is skipped")
+    try:
+        for name, value in values.items():
+            points[name].given = value
+        yield
+    finally:
+        for name in values:
+            points[name].given = None
 
 
 # --- names -----------------------------------------------------------------------

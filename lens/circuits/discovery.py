@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lens.circuits.circuit import Circuit
-from lens.circuits.evaluation import Ablation, Faithfulness, default_sizes, evaluate
+from lens.circuits.evaluation import Ablation, Faithfulness, baseline, default_sizes, evaluate
 from lens.circuits.prompts import Pair
 from lens.circuits.scores import EdgeScores, Method, edge_scores
 from lens.circuits.selection import Curve, threshold, to_faithfulness, top_n
@@ -56,7 +56,10 @@ def find_circuit(model, prompts, corrupted=None, metric=None, *, method: Method 
         circuit = threshold(scores, min_score) if min_score is not None else top_n(scores, edges or DEFAULT_EDGES)
         sizes = default_sizes(scores.graph.n_edges) if curve_sizes is None else sorted(int(s) for s in curve_sizes)
         curve_circuits = [top_n(scores, n) for n in sizes]
-        values = evaluate(model, [circuit] + curve_circuits, pair, metric, ablation, memory_budget=memory_budget)
+        base = baseline(model, pair, metric, ablation, clean=scores.clean_rows_for(pair, metric),
+                        memory_budget=memory_budget)
+        values = evaluate(model, [circuit] + curve_circuits, pair, metric, ablation, memory_budget=memory_budget,
+                          base=base)
         value, found_curve = values[0], Curve(sizes, curve_circuits, values[1:])
     circuit.meta["faithfulness"] = value.to_dict()
     return FoundCircuit(circuit, scores, value, found_curve)

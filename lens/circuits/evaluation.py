@@ -20,6 +20,7 @@ from lens.circuits.forward import sender_outputs
 from lens.circuits.graph import Graph
 from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
+from lens.model.kv_cache import KVCache
 
 Ablation = Literal["corrupted", "mean"]
 ABLATIONS: tuple[Ablation, ...] = ("corrupted", "mean")
@@ -93,6 +94,43 @@ def reference_outputs(model, graph: Graph, pair: Pair, ablation: Ablation,
     return mean if metric is None else (mean, pair.row_values(model, metric, which="corrupted")[1])
 
 
+@dataclass
+class Baseline:
+    """What judging circuits on one pair reads every time: the outputs out-of-circuit edges read
+    ([n_senders, batch or 1, pos, d_model]) and the metric per prompt ([batch] float64) on the clean prompts
+    and with nothing in the circuit. Made once (`baseline`), it serves any number of evaluations."""
+
+    outputs: torch.Tensor
+    clean: torch.Tensor
+    empty: torch.Tensor
+    ablation: str
+    # (n, the reference run's keys and values): its first n positions equal this run's (run_circuits' prefix)
+    prefix: tuple[int, KVCache] | None = None
+
+
+def baseline(model, pair: Pair, metric, ablation: Ablation = "corrupted", reference=None,
+             clean: torch.Tensor | None = None, memory_budget: int | None = None) -> Baseline:
+    """The Baseline of a pair: one forward on the corrupted (or reference) prompts, one on the clean ones
+    unless their metric per prompt is given (`clean`, e.g. EdgeScores.clean_rows_for); under mean ablation
+    the empty circuit's metric from a forward that computes nothing but the embeddings and the logits."""
+    graph = Graph.of(model)
+    prefix = None
+    if ablation == "corrupted":
+        if reference is not None:
+            raise ValueError("a reference set is for ablation='mean'; corrupted ablation reads the pair's "
+                             "corrupted prompts")
+        kv = KVCache(model.cfg, len(pair), pair.clean.shape[1], model.dtype, model.device)
+        outputs, empty = sender_outputs(model, graph, pair.corrupted, pair.mask, metric, kv=kv)
+        prefix = (pair.unchanged(), kv)
+    else:
+        outputs = reference_outputs(model, graph, pair, ablation, reference)
+        everything = torch.ones(1, graph.n_senders, graph.n_receivers)
+        empty = run_circuits(model, graph, pair.clean, pair.mask, outputs, everything, metric, memory_budget)[0]
+    if clean is None:
+        clean = pair.row_values(model, metric, which="clean")[0]
+    return Baseline(outputs, clean, empty, ablation, prefix)
+
+
 def _masks(graph: Graph, circuits) -> torch.Tensor:
     """Circuits, edge masks [S, R] or [C, S, R], or node-name lists → bool [C, S, R]."""
     if isinstance(circuits, (Circuit, torch.Tensor)) or (
@@ -114,24 +152,32 @@ def _masks(graph: Graph, circuits) -> torch.Tensor:
 
 
 def evaluate(model, circuits, pair: Pair, metric, ablation: Ablation = "corrupted",
-             reference=None, memory_budget: int | None = None) -> list[Faithfulness]:
+             reference=None, memory_budget: int | None = None, base: Baseline | None = None) -> list[Faithfulness]:
     """Faithfulness of each circuit (a Circuit, an edge mask, a list of node names or of 'a->b' edges),
-    all evaluated in batched forwards. pair: a Pair or a prompt set."""
+    all evaluated in batched forwards. pair: a Pair or a prompt set. base: the pair's Baseline under this
+    metric and ablation, when it is already made (default: made here)."""
     pair = Pair.of(model, pair)
     graph = Graph.of(model)
     masks = _masks(graph, circuits)
-    ref, corrupted = reference_outputs(model, graph, pair, ablation, reference, metric)
-    clean = pair.row_values(model, metric, which="clean")[0]
-    off = (~masks).to(torch.float32)
-    if ablation == "mean":  # the empty circuit under mean ablation is the baseline
-        off = torch.cat([off, torch.ones(1, *off.shape[1:])])
-    values = run_circuits(model, graph, pair.clean, pair.mask, ref, off, metric, memory_budget)
-    empty = values[-1] if ablation == "mean" else corrupted
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, not {ablation!r}")
+    if base is None:
+        base = baseline(model, pair, metric, ablation, reference, memory_budget=memory_budget)
+    elif base.ablation != ablation:
+        raise ValueError(f"this baseline is for {base.ablation} ablation, not {ablation}")
+    # the whole graph is the clean run and the empty circuit the baseline's (tests/test_circuits.py): read them off
+    edges = (masks & graph.valid).flatten(1).sum(1)
+    ends = {graph.n_edges: base.clean, 0: base.empty}
+    inner = [i for i, n in enumerate(edges.tolist()) if n not in ends]
+    values = torch.stack([ends.get(int(n), base.clean) for n in edges])
+    if inner:
+        values[inner] = run_circuits(model, graph, pair.clean, pair.mask, base.outputs,
+                                     (~masks[inner]).to(torch.float32), metric, memory_budget, base.prefix)
     out = []
-    for mask, row in zip(masks, values, strict=False):
-        value, std, low, high = bootstrap(row, clean, empty)
+    for mask, row in zip(masks, values, strict=True):
+        value, std, low, high = bootstrap(row, base.clean, base.empty)
         out.append(Faithfulness(value, std, low, high, int((mask & graph.valid).sum()), len(pair),
-                                float(row.mean()), float(clean.mean()), float(empty.mean()), ablation))
+                                float(row.mean()), float(base.clean.mean()), float(base.empty.mean()), ablation))
     return out
 
 

@@ -21,6 +21,7 @@ block's `hook_resid_post`; editing one copy changes what that receiver reads and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -31,7 +32,13 @@ OnSender = Callable[[int, torch.Tensor], None]
 # on_receiver(layer, kind, receivers, inputs [batch, pos, n, d_model]) → edited inputs (or None: unchanged).
 OnReceiver = Callable[[int, ReceiverKind, range, torch.Tensor], "torch.Tensor | None"]
 
+Component = Literal["attn", "mlp"]  # what a forward may skip (lens.hooks.given_outputs)
 RECEIVER_HOOKS = {"q": "hook_q_input", "k": "hook_k_input", "v": "hook_v_input", "mlp": "hook_mlp_in"}
+
+
+def component(kind: ReceiverKind) -> Component | None:
+    """The component a receiver feeds: a query, key or value input its layer's attention, an MLP input its MLP."""
+    return "attn" if kind in ("q", "k", "v") else "mlp" if kind == "mlp" else None
 
 
 def head_outputs(model, layer: int, result: torch.Tensor) -> torch.Tensor:
@@ -91,11 +98,13 @@ def shares(model, layer: int, terms: torch.Tensor) -> torch.Tensor:
 
 
 def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None, on_receiver: OnReceiver | None = None,
-                edited: Callable[[int, ReceiverKind], bool] | None = None) -> list[tuple[str, Callable]]:
+                edited: Callable[[int, ReceiverKind], bool] | None = None,
+                skipped: frozenset[tuple[int, Component]] = frozenset()) -> list[tuple[str, Callable]]:
     """fwd_hooks for `model.hooks(...)` that report sender outputs and let receivers' inputs be edited;
     `edited(layer, kind)`: whether that receiver group may be edited (default all). A group left out is
     not hooked, so its layer computes queries, keys, values or the MLP input the fast way, from one shared
-    residual stream instead of a copy per head."""
+    residual stream instead of a copy per head. `skipped`: components (layer, "attn" | "mlp") the forward
+    does not run (lens.hooks.given_outputs): neither their senders nor their receivers are hooked."""
     hooks = []
     if on_sender is not None:
         def read_input(x, point):
@@ -107,10 +116,13 @@ def graph_hooks(model, graph: Graph, on_sender: OnSender | None = None, on_recei
 
             def read_mlp(x, point, layer=layer):
                 on_sender(graph.mlp(layer), x[:, :, None])
-            hooks += [(f"blocks.{layer}.attn.hook_result", read_heads), (f"blocks.{layer}.hook_mlp_out", read_mlp)]
+            if (layer, "attn") not in skipped:
+                hooks.append((f"blocks.{layer}.attn.hook_result", read_heads))
+            if (layer, "mlp") not in skipped:
+                hooks.append((f"blocks.{layer}.hook_mlp_out", read_mlp))
     if on_receiver is not None:
         for layer, kind, receivers in graph.groups():
-            if edited is not None and not edited(layer, kind):
+            if (edited is not None and not edited(layer, kind)) or (layer, component(kind)) in skipped:
                 continue
 
             def edit(x, point, layer=layer, kind=kind, receivers=receivers):
@@ -142,10 +154,11 @@ def place_rows(logits: torch.Tensor, rows: tuple[int, int, int]) -> torch.Tensor
 
 
 def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, metric=None,
-                   rows: tuple[int, int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                   rows: tuple[int, int, int] | None = None, kv=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
     per prompt on this input ([batch] float64), from the same forward. rows (start, stop, n_rows): the
-    input is those rows of a set the metric was made for (default: the whole set)."""
+    input is those rows of a set the metric was made for (default: the whole set). kv: an empty KVCache
+    the forward fills with its keys and values."""
     from lens.circuits.patched import row_metric
     from lens.guard import require
     batch, n_pos = tokens.shape
@@ -158,7 +171,7 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
     kept = {}
     hooks = graph_hooks(model, graph, on_sender=keep) + [final_resid_hook(graph, kept)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(tokens, attention_mask=mask, return_type=None)
+        model(tokens, attention_mask=mask, return_type=None, past_kv_cache=kv)
         if metric is None:
             return out
         positions, per_row = row_metric(metric, n_pos)

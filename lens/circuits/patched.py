@@ -35,7 +35,9 @@ import torch
 from lens.circuits.forward import final_resid_hook, graph_hooks, post_norm
 from lens.circuits.graph import Graph
 from lens.guard import limit, require
-from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy
+from lens.hooks import given_outputs
+from lens.model.kv_cache import KVCache
+from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy, _kv_prefix
 from lens.patching.metrics import _wide
 
 
@@ -72,13 +74,16 @@ class _Plan:
     normed: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def _normed(graph: Graph, w: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The post-normed layers a receiver group's weights w [prefix, R_g] touch (see _Plan)."""
+def _normed(graph: Graph, w: torch.Tensor, computed: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The post-normed layers a receiver group's weights w [prefix, R_g] touch (see _Plan); a layer whose
+    attention is not computed (`computed` [n_senders] bool) is read from the reference whole and adds nothing."""
     out = []
     for layer in range(graph.n_layers):
         first = graph.head(layer, 0)
         if first >= w.shape[0]:
             break
+        if not computed[first]:
+            continue
         block = w[first: first + graph.n_heads]  # [H, R_g]
         full = (block == 1).all(0)
         part = ~full & (block != 0).any(0)
@@ -88,8 +93,42 @@ def _normed(graph: Graph, w: torch.Tensor) -> list[tuple[int, torch.Tensor, torc
     return out
 
 
-def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan | None]]:
-    """plans[group][circuit] for off [C, S, R]."""
+def _live(graph: Graph, off: torch.Tensor) -> torch.Tensor:
+    """[C, n_senders] bool: the senders some receiver reads (wholly or partly) from this run, per circuit.
+    The output of any other sender is never read, so it may as well be the reference's."""
+    return ((off != 1) & graph.valid).any(2)
+
+
+def _computed(graph: Graph, live: torch.Tensor) -> torch.Tensor:
+    """[n_senders] bool: the senders a forward computes for circuits whose live senders are `live` [C, S]:
+    the input, every head of a layer with a live head (a layer's attention runs whole), every live MLP."""
+    live = live.any(0)
+    heads = live[1:].view(graph.n_layers, graph.n_heads + 1)
+    computed = torch.cat([heads[:, :-1].any(1, keepdim=True).expand(-1, graph.n_heads), heads[:, -1:]], 1)
+    return torch.cat([torch.ones(1, dtype=torch.bool), computed.flatten()])
+
+
+def _work(model, graph: Graph, computed: torch.Tensor) -> int:
+    """The weights a forward computing these senders multiplies per token (the attention of a layer with a
+    computed head, each computed MLP, the embeddings and unembedding counted as one layer): its cost."""
+    cfg = model.cfg
+    attn = cfg.d_model * cfg.d_head * (2 * cfg.n_heads + 2 * graph.n_kv_heads)
+    mlp = (3 if cfg.gated_mlp else 2) * cfg.d_model * cfg.d_mlp
+    heads = computed[1:].view(graph.n_layers, graph.n_heads + 1)
+    return int(heads[:, 0].sum()) * attn + int(heads[:, -1].sum()) * mlp + attn + mlp
+
+
+def _skipped(graph: Graph, computed: torch.Tensor) -> frozenset[tuple[int, str]]:
+    """The components (layer, "attn" | "mlp") a forward leaves out."""
+    return frozenset((layer, part) for layer in range(graph.n_layers)
+                     for part, sender in (("attn", graph.head(layer, 0)), ("mlp", graph.mlp(layer)))
+                     if not computed[sender])
+
+
+def _plans(graph: Graph, off: torch.Tensor, post_norms: bool, computed: torch.Tensor) -> list[list[_Plan | None]]:
+    """plans[group][circuit] for off [C, S, R], over the senders the forward computes (`computed` [S] bool;
+    the others read as their reference output in every copy, so their differences are 0). A receiver of a
+    component that is not computed gets no plan."""
     heads = torch.zeros(graph.n_senders, dtype=torch.bool)
     if post_norms:
         for layer in range(graph.n_layers):
@@ -98,10 +137,14 @@ def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan
     for layer, kind, rows in graph.groups():
         prefix = graph.senders_before(layer, kind)
         block = off[:, :prefix, rows.start: rows.stop]  # [C, prefix, R_g]
-        linear = ~heads[:prefix]
+        linear = ~heads[:prefix] & computed[:prefix]
+        fed = graph.head(layer, 0) if kind in ("q", "k", "v") else graph.mlp(layer) if kind == "mlp" else 0
+        if not computed[fed]:
+            plans.append([None] * len(block))
+            continue
         group = []
         for w in block:
-            normed = _normed(graph, w) if post_norms else []
+            normed = _normed(graph, w, computed) if post_norms else []
             w = w[linear]
             n_on, n_not_one = int((w != 0).sum()), int((w != 1).sum())
             if n_on == 0 and not normed:
@@ -113,6 +156,12 @@ def _plans(graph: Graph, off: torch.Tensor, post_norms: bool) -> list[list[_Plan
             group.append(_Plan(flip, senders, weights[(weights != 0).any(1)], normed))
         plans.append(group)
     return plans
+
+
+# Circuits share a forward when computing what any of them needs for all of them costs at most this much more
+# than computing each one's own (the larger batch runs the weights no faster per copy on CPU past a few
+# hundred tokens)
+SHARED_WORK = 1.1
 
 
 def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_pos: int, n_deltas: int,
@@ -129,10 +178,15 @@ def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_po
 
 
 def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor | None, reference: torch.Tensor,
-                 off: torch.Tensor, metric, memory_budget: int | None = None) -> torch.Tensor:
+                 off: torch.Tensor, metric, memory_budget: int | None = None,
+                 prefix: tuple[int, KVCache] | None = None) -> torch.Tensor:
     """The metric per prompt with each circuit: [n_circuits, batch].
     tokens [batch, pos] (this run's input); reference [n_senders, batch or 1, pos, d_model] the outputs
-    receivers read for edges that are off; off [n_circuits, n_senders, n_receivers] as above."""
+    receivers read for edges that are off; off [n_circuits, n_senders, n_receivers] as above.
+    prefix (n, kv): the first n positions of this run and the reference run are the same tokens, and kv holds
+    the reference run's keys and values: every sender's difference is 0 there, so no circuit changes those
+    positions, and the circuits' forwards run the later positions only, attending to kv's (when the metric
+    reads none of the first n)."""
     batch, n_pos = tokens.shape
     if off.dim() == 2:
         off = off[None]
@@ -141,18 +195,54 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
         raise ValueError(f"circuit weights have shape {tuple(off.shape[1:])}; this graph needs {expected}")
     off = (off * graph.valid).to(model.dtype)
     positions, per_row = row_metric(metric, n_pos)
+    kept = 0  # positions run once, in the reference run
+    if prefix is not None and positions is not None and reference.shape[1] == batch:
+        kept = min(prefix[0], *positions)
+    if kept:
+        tokens, reference, positions = tokens[:, kept:], reference[:, :, kept:], [p - kept for p in positions]
+        n_pos -= kept
     n_logit = n_pos if positions is None else len(positions)
-    plans = _plans(graph, off.cpu(), model.cfg.post_norms)
+    off = off.cpu()
+    live = _live(graph, off)
     values = []
     start = 0
+    work = [_work(model, graph, _computed(graph, live[c: c + 1])) for c in range(len(off))]
     while start < len(off):
-        needed = _needed(graph, [group[start:] for group in plans])
-        chunk = circuits_per_forward(model, graph, batch, n_pos, n_logit, len(needed), memory_budget)
-        stop = min(len(off), start + chunk)
-        chunk_plans = [group[start:stop] for group in plans]
-        values.append(_forward(model, graph, tokens, mask, reference, chunk_plans, stop - start, positions, per_row))
+        # Circuits share a forward while the budget holds the differences of the senders they compute between
+        # them, and while computing all of those for each of them costs little more than each computing its own
+        stop = start + 1
+        while stop < len(off):
+            computed = _computed(graph, live[start: stop + 1])
+            copies = stop + 1 - start
+            if copies > circuits_per_forward(model, graph, batch, n_pos, n_logit, int(computed.sum()), memory_budget) \
+                    or copies * _work(model, graph, computed) > SHARED_WORK * sum(work[start: stop + 1]):
+                break
+            stop += 1
+        computed = _computed(graph, live[start:stop])
+        plans = _plans(graph, off[start:stop], model.cfg.post_norms, computed)
+        cache = _kv_prefix(model, prefix[1], batch, 0, kept, stop - start, mask) if kept else None
+        values.append(_forward(model, graph, tokens, None if mask is None else mask[:, kept:], reference, plans,
+                               computed, stop - start, positions, per_row, cache))
         start = stop
     return torch.cat(values)
+
+
+def _given(model, graph: Graph, reference: torch.Tensor, skipped, rows: int) -> dict[str, torch.Tensor]:
+    """The outputs of the components a forward skips, from the reference senders, for `rows` rows:
+    an MLP's is its sender's; a layer's attention output is the sum of its heads' (+ b_O; under post-norms
+    the norm of their terms)."""
+    from lens.circuits.forward import post_norm
+    out = {}
+    for layer, part in skipped:
+        if part == "mlp":
+            value = reference[graph.mlp(layer)]
+        else:
+            value = reference[graph.head(layer, 0): graph.head(layer, 0) + graph.n_heads].sum(0)
+            value = post_norm(model, layer, value) if model.cfg.post_norms else \
+                value + model.weights.b_O[model.blocks[layer].slot].to(value.dtype)
+        out[f"blocks.{layer}.hook_{part}_out"] = value.expand(rows // value.shape[0], *value.shape).flatten(0, 1) \
+            if value.shape[0] != rows else value
+    return out
 
 
 def _needed(graph: Graph, plans) -> list[int]:
@@ -169,7 +259,11 @@ def _needed(graph: Graph, plans) -> list[int]:
     return sorted(needed)
 
 
-def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, per_row) -> torch.Tensor:
+def _forward(model, graph, tokens, mask, reference, plans, computed, n_copies, positions, per_row,
+             cache: KVCache | None) -> torch.Tensor:
+    """The metric per prompt for n_copies circuits in one forward: [n_copies, batch]. Components no copy
+    computes (`computed`) are skipped, their outputs given from the reference (lens.hooks.given_outputs).
+    cache: the keys and values of positions before `tokens`, for every copy."""
     batch, n_pos = tokens.shape
     d_model = model.cfg.d_model
     post_norms = model.cfg.post_norms
@@ -182,7 +276,7 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
             "the sender differences of the circuits in one forward", "use fewer or shorter prompts")
     deltas = torch.empty(n_copies, len(needed), batch, n_pos, d_model, dtype=model.dtype, device=model.device)
     total = torch.zeros(n_copies, batch, n_pos, d_model, dtype=model.dtype, device=model.device)
-    state = {"total": total, "at_attn": total}
+    state = {"total": total, "at_attn": (-1, total)}  # at_attn: (layer, the total before its heads)
     groups = graph.groups()
     plan_of = {(layer, kind): i for i, (layer, kind, _) in enumerate(groups)}
 
@@ -194,6 +288,8 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         ref = reference[first: first + n].permute(1, 2, 0, 3)  # [batch or 1, pos, n, d_model]
         this = x.view(n_copies, batch, n_pos, n, d_model)
         delta = ref - this
+        if first in head_layer:
+            state["at_attn"] = (head_layer[first], state["total"])
         if post_norms and first in head_layer:
             layer = head_layer[first]
             layer_sum[layer] = this.sum(3)
@@ -225,6 +321,26 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         """How many of the needed senders (deltas' rows) come before the layer's attention."""
         return int(torch.searchsorted(needed_t, graph.senders_before(layer, "q")))
 
+    def combine(c: int, plan: _Plan, lo: int, hi: int) -> torch.Tensor | None:
+        """Σ_s weights[s, r] delta_s over one copy's needed senders in rows lo..hi of `deltas`: [hi - lo, R_g]
+        weights (None when the plan reads none of them)."""
+        cols = slot[plan.senders]
+        here = (cols >= lo) & (cols < hi)
+        if not bool(here.any()):
+            return None
+        w = torch.zeros(hi - lo, plan.weights.shape[1], dtype=deltas.dtype)
+        w[cols[here] - lo] = plan.weights[here].to(deltas.dtype)
+        return w
+
+    def product(c: int, lo: int, w: torch.Tensor) -> torch.Tensor:
+        """deltas[c, lo: lo + len(w)] weighted by w [n, R]: [batch * pos * d_model, R]. As deltas^T @ w, the
+        orientation BLAS runs near memory speed for a few columns; widths 2..15 are padded to 16, which
+        the CPU kernels run faster than the odd widths (measured on 2 cores: 24 ms against 45-80 ms)."""
+        width = w.shape[1]
+        if 1 < width < 16:
+            w = torch.cat([w, w.new_zeros(len(w), 16 - width)], 1)
+        return (deltas[c, lo: lo + len(w)].flatten(1).T @ w.to(deltas.device))[:, :width]
+
     def early_edits(layer: int) -> list[dict[str, torch.Tensor]]:
         """Σ_s weights[s, r] delta_s over the senders before the layer's attention, for every receiver group of
         the layer (q, k, v and the MLP's share) in one matmul per copy: the differences are streamed through
@@ -236,40 +352,35 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
                 columns, kinds = [], []
                 for kind, _ in layer_groups[layer]:
                     plan = plans[plan_of[layer, kind]][c]
-                    if plan is None or not len(plan.senders):
-                        continue
-                    cols = slot[plan.senders]
-                    here = cols < n_early
-                    w = torch.zeros(n_early, plan.weights.shape[1], dtype=deltas.dtype)
-                    w[cols[here]] = plan.weights[here].to(deltas.dtype)
-                    columns.append(w)
-                    kinds.append((kind, w.shape[1]))
+                    w = None if plan is None else combine(c, plan, 0, n_early)
+                    if w is not None:
+                        columns.append(w)
+                        kinds.append((kind, w.shape[1]))
                 edits = {}
-                if columns and n_early:
-                    product = torch.cat(columns, 1).to(deltas.device).T @ deltas[c, :n_early].flatten(1)
-                    edits = dict(zip([k for k, _ in kinds], product.split([n for _, n in kinds]), strict=True))
+                if columns:
+                    edits = dict(zip([k for k, _ in kinds], product(c, 0, torch.cat(columns, 1)).split(
+                        [n for _, n in kinds], dim=1), strict=True))
                 per_copy.append(edits)
             early[layer] = per_copy
         return early[layer]
 
-    def edit_of(plan: _Plan, c: int, layer: int, kind: str, n_rows: int) -> torch.Tensor:
-        """Σ_s weights[s, r] delta_s for one copy: [n_rows, batch * pos * d_model] (the senders before the
+    def edit_of(plan: _Plan, c: int, layer: int, kind: str) -> torch.Tensor | None:
+        """Σ_s weights[s, r] delta_s for one copy: [batch * pos * d_model, n_rows] (the senders before the
         layer's attention from early_edits, the layer's own heads for a sequential block's MLP here)."""
         if kind == "logits":  # once per forward: its own matmul over every needed sender
-            cols = slot[plan.senders]
-            return plan.weights.to(deltas.device, deltas.dtype).T @ deltas[c, cols].flatten(1)
+            return product(c, 0, combine(c, plan, 0, len(needed)))
         edit = early_edits(layer)[c].pop(kind, None)  # each group's rows are read once: free them
-        cols = slot[plan.senders]
-        late = cols >= early_senders(layer)  # a sequential block's MLP reads its own layer's heads too
-        if bool(late.any()):
-            extra = plan.weights[late].to(deltas.device, deltas.dtype).T @ deltas[c, cols[late]].flatten(1)
+        n_early, n_before = early_senders(layer), int(torch.searchsorted(needed_t, graph.senders_before(layer, kind)))
+        late = combine(c, plan, n_early, n_before)  # a sequential block's MLP reads its own layer's heads too
+        if late is not None:
+            extra = product(c, n_early, late)
             edit = extra if edit is None else edit + extra
-        return torch.zeros(n_rows, deltas[0, 0].numel(), dtype=deltas.dtype) if edit is None else edit
+        return edit
 
     def on_receiver(layer, kind, rows, x):  # x [copies * batch, pos, R_g, d_model]
-        if kind == "q":
-            state["at_attn"] = state["total"]
-        total = state["at_attn"] if kind == "mlp" and graph.parallel else state["total"]
+        total = state["total"]
+        if kind == "mlp" and graph.parallel and state["at_attn"][0] == layer:  # a parallel MLP reads no heads of
+            total = state["at_attn"][1]  # its own layer (when the layer's attention is skipped, none were added)
         group = plans[plan_of[layer, kind]]
         if all(p is None for p in group):
             return None
@@ -278,26 +389,27 @@ def _forward(model, graph, tokens, mask, reference, plans, n_copies, positions, 
         for c, plan in enumerate(group):
             if plan is None:
                 continue
-            if len(plan.senders):
-                out[c] += edit_of(plan, c, layer, kind, n_rows).view(n_rows, batch, n_pos, d_model).permute(1, 2, 0, 3)
+            edit = edit_of(plan, c, layer, kind) if len(plan.senders) else None
+            if edit is not None:
+                out[c] += edit.view(batch, n_pos, d_model, n_rows).transpose(2, 3)
             if plan.flip:
                 out[c] += total[c][:, :, None]
             for normed_layer, full, part, w in plan.normed:
                 normed_edit(c, normed_layer, full, part, w, out[c])
         return out.view_as(x)
 
-    # Receiver groups no circuit of this forward edits run unhooked (parallel blocks: the MLP's edit reads the
-    # total kept at its layer's query hook, so that one stays)
+    # Receiver groups no circuit of this forward edits run unhooked
     edited = {(layer, kind) for (layer, kind, _), group in zip(groups, plans, strict=True)
               if any(p is not None for p in group)}
-    edited |= {(layer, "q") for layer, kind in list(edited) if kind == "mlp" and graph.parallel}
+    skipped = _skipped(graph, computed)
     keep = {}
-    hooks = graph_hooks(model, graph, on_sender, on_receiver, lambda layer, kind: (layer, kind) in edited)
+    hooks = graph_hooks(model, graph, on_sender, on_receiver, lambda layer, kind: (layer, kind) in edited, skipped)
     hooks.append(final_resid_hook(graph, keep))
     rows = tokens.repeat(n_copies, 1)
     rows_mask = None if mask is None else mask.repeat(n_copies, 1)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(rows, attention_mask=rows_mask, return_type=None)
+    given = _given(model, graph, reference, skipped, len(rows))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks), given_outputs(model, given):
+        model(rows, attention_mask=rows_mask, return_type=None, past_kv_cache=cache)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(n_copies, batch, resid.shape[1], -1)
         return per_row(logits).double().cpu()

@@ -39,6 +39,11 @@ class Pair:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
+    def unchanged(self) -> int:
+        """How many leading positions hold the same token in every clean and corrupted row."""
+        differs = (self.clean != self.corrupted).any(0)
+        return int(differs.int().argmax()) if bool(differs.any()) else self.clean.shape[1]
+
     def rows(self, index: slice) -> Pair:
         return Pair(self.clean[index], self.corrupted[index], None if self.mask is None else self.mask[index])
 

@@ -66,6 +66,19 @@ class EdgeScores:
     clean_value: float  # the mean metric on the clean prompts
     corrupted_value: float  # ... and on the corrupted ones
     extra: dict = field(default_factory=dict)
+    clean_rows: torch.Tensor | None = None  # the metric per prompt on the clean prompts [n_prompts] float64
+    source: tuple = field(default=(), repr=False, compare=False)  # (pair, metric) the scores were made on
+
+    def clean_rows_for(self, pair: Pair, metric) -> torch.Tensor | None:
+        """The clean prompts' metric per prompt when these scores were made on this pair with this metric
+        (the same metric object), else None."""
+        if not self.source or self.clean_rows is None or self.source[1] is not metric:
+            return None
+        made = self.source[0]
+        same = made.clean.shape == pair.clean.shape and torch.equal(made.clean, pair.clean) and \
+            torch.equal(made.corrupted, pair.corrupted) and (made.mask is None) == (pair.mask is None) and \
+            (made.mask is None or torch.equal(made.mask, pair.mask))
+        return self.clean_rows if same else None
 
     def node_scores(self) -> dict[str, float]:
         """Node name → the sum of its outgoing edges' scores (the logits: of their incoming edges')."""
@@ -256,7 +269,7 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
         _reserve(model, graph, chunk, n_pos, method, steps)
     if method == "exact":
-        clean_value, corrupted_value = pair.values(model, metric)
+        clean_rows, corrupted_rows = pair.row_values(model, metric)
         scores = exact_scores(model, graph, pair, metric, memory_budget)
     else:  # the metric on the clean and corrupted prompts comes from forwards the method runs anyway
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
@@ -276,9 +289,9 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
                 _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
                            1.0 / (batch * steps), rows, interpolate=(*ends, alphas))
         scores = scores * graph.valid
-        clean_value, corrupted_value = float(clean_rows.mean()), float(corrupted_rows.mean())
-    return EdgeScores(graph, scores, method, metric_name(metric), batch, clean_value, corrupted_value,
-                      {"steps": steps} if method == "eap-ig" else {})
+    return EdgeScores(graph, scores, method, metric_name(metric), batch, float(clean_rows.mean()),
+                      float(corrupted_rows.mean()), {"steps": steps} if method == "eap-ig" else {}, clean_rows,
+                      (pair, metric))
 
 
 def exact_scores(model, graph: Graph, pair: Pair, metric, memory_budget: int | None = None) -> torch.Tensor:

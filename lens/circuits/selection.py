@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from lens.circuits.circuit import Circuit
-from lens.circuits.evaluation import Ablation, Faithfulness, default_sizes, evaluate
+from lens.circuits.evaluation import Ablation, Baseline, Faithfulness, baseline, default_sizes, evaluate
 from lens.circuits.prompts import Pair
 from lens.circuits.scores import EdgeScores
 
@@ -57,12 +57,15 @@ class Curve:
 
 
 def curve(model, scores: EdgeScores, pair: Pair, metric, sizes=None, ablation: Ablation = "corrupted",
-          reference=None, memory_budget: int | None = None) -> Curve:
-    """The faithfulness-vs-size curve, every size evaluated in the same batched forwards."""
+          reference=None, memory_budget: int | None = None, base: Baseline | None = None) -> Curve:
+    """The faithfulness-vs-size curve, every size evaluated in the same batched forwards. The clean
+    prompts' metric comes from the scores when they were made on this pair with this metric."""
     sizes = default_sizes(scores.graph.n_edges) if sizes is None else sorted(int(s) for s in sizes)
     circuits = [top_n(scores, n) for n in sizes]
-    values = evaluate(model, circuits, pair, metric, ablation, reference, memory_budget)
-    return Curve(sizes, circuits, values)
+    pair = Pair.of(model, pair)
+    if base is None:
+        base = baseline(model, pair, metric, ablation, reference, scores.clean_rows_for(pair, metric), memory_budget)
+    return Curve(sizes, circuits, evaluate(model, circuits, pair, metric, ablation, memory_budget=memory_budget, base=base))
 
 
 def to_faithfulness(model, scores: EdgeScores, pair: Pair, metric, target: float, ablation: Ablation = "corrupted",
@@ -72,11 +75,13 @@ def to_faithfulness(model, scores: EdgeScores, pair: Pair, metric, target: float
     Returns the circuit, its faithfulness and the curve; the whole graph when nothing smaller reaches it."""
     if not 0 < target <= 1.5:
         raise ValueError(f"target faithfulness must be in (0, 1.5], not {target}")
-    found = curve(model, scores, pair, metric, None, ablation, reference, memory_budget)
+    pair = Pair.of(model, pair)
+    base = baseline(model, pair, metric, ablation, reference, scores.clean_rows_for(pair, metric), memory_budget)
+    found = curve(model, scores, pair, metric, None, ablation, memory_budget=memory_budget, base=base)
     hits = [i for i, f in enumerate(found.faithfulness) if f.value >= target]
     if not hits:
         whole = top_n(scores, scores.graph.n_edges, prune=False)
-        return whole, evaluate(model, whole, pair, metric, ablation, reference, memory_budget)[0], found
+        return whole, evaluate(model, whole, pair, metric, ablation, memory_budget=memory_budget, base=base)[0], found
     i = hits[0]
     best = (found.circuits[i], found.faithfulness[i])
     low, high = (found.sizes[i - 1] if i else 0), found.sizes[i]
@@ -85,7 +90,7 @@ def to_faithfulness(model, scores: EdgeScores, pair: Pair, metric, target: float
             break
         mid = (low + high) // 2
         circuit = top_n(scores, mid)
-        value = evaluate(model, circuit, pair, metric, ablation, reference, memory_budget)[0]
+        value = evaluate(model, circuit, pair, metric, ablation, memory_budget=memory_budget, base=base)[0]
         if value.value >= target:
             high, best = mid, (circuit, value)
         else:

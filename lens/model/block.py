@@ -69,9 +69,11 @@ class Block(LayerComponent):
 
     def forward(self, resid_pre: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.attn(*self.attention_inputs(resid_pre), ctx)
-        if self.cfg.post_norms:
-            attn_out = self.norm("ln1_post", attn_out)
+        attn_out = self.hook_attn_out.given  # a value given from outside skips the attention (hooks.given_outputs)
+        if attn_out is None:
+            attn_out = self.attn(*self.attention_inputs(resid_pre), ctx)
+            if self.cfg.post_norms:
+                attn_out = self.norm("ln1_post", attn_out)
         attn_out = self.hook_attn_out(attn_out)
         if not self.has_mlp:
             return self.hook_resid_post(resid_pre + attn_out)
@@ -79,11 +81,13 @@ class Block(LayerComponent):
             mlp_in = resid_pre
         else:
             mlp_in = resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        if self.hook_mlp_in.has_hooks:  # a copy, so an in-place edit of it leaves the residual alone
-            mlp_in = self.hook_mlp_in(mlp_in.clone())
-        mlp_out = self.mlp(self.norm(self.mlp_norm, mlp_in))
-        if self.cfg.post_norms:
-            mlp_out = self.norm("ln2_post", mlp_out)
+        mlp_out = self.hook_mlp_out.given
+        if mlp_out is None:
+            if self.hook_mlp_in.has_hooks:  # a copy, so an in-place edit of it leaves the residual alone
+                mlp_in = self.hook_mlp_in(mlp_in.clone())
+            mlp_out = self.mlp(self.norm(self.mlp_norm, mlp_in))
+            if self.cfg.post_norms:
+                mlp_out = self.norm("ln2_post", mlp_out)
         mlp_out = self.hook_mlp_out(mlp_out)
         if self.cfg.parallel_attn_mlp:
             return self.hook_resid_post(resid_pre + attn_out + mlp_out)

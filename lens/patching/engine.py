@@ -176,11 +176,13 @@ def _apply_metric(metric, logits: torch.Tensor, n_copies: int, vectorised: bool)
     return torch.tensor(values, dtype=torch.float64)
 
 
-def _kv_prefix(model, base_kv: KVCache, batch: int, start: int, suffix: int, n_copies: int) -> KVCache:
+def _kv_prefix(model, base_kv: KVCache, batch: int, start: int, suffix: int, n_copies: int,
+               mask: torch.Tensor | None = None) -> KVCache:
     """A KV cache for n_copies copies of the input holding the base run's keys and values of its first
-    `suffix` positions at layers start.., written through the cache's own update/end_step (as a forward
-    would)."""
+    `suffix` positions at layers start.., written through the cache's own start_step/update/end_step (as a
+    forward would); mask [batch, pos]: which of the input's positions are real tokens (None: all)."""
     kv = KVCache(model.cfg, n_copies * batch, base_kv.max_len, model.dtype, model.device)
+    kv.start_step(suffix, None if mask is None else mask[:, :suffix].repeat(n_copies, 1))
     for layer in range(start, model.cfg.n_layers):
         keys, values = base_kv.keys[layer], base_kv.values[layer]  # [batch, n_kv_heads, max_len, d_head]
         kv.update(layer, keys[:, :, :suffix].repeat(n_copies, 1, 1, 1),
