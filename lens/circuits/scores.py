@@ -224,8 +224,12 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
         model(copied, attention_mask=copied_mask, return_type=None)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(copies, batch, -1, model.cfg.d_vocab)
-        values = per_row(place_rows(logits, rows))[:, start:stop]
-        torch.autograd.grad(values.sum() * weight, [keep["leaf"]])  # the receivers' hooks accumulate the scores
+        # the metric's gradient first, on the set's rows placed apart from the model's graph, so the backward
+        # through the model starts from this chunk's rows only
+        placed = place_rows(logits.detach(), rows).requires_grad_(True)
+        values = per_row(placed)[:, start:stop]
+        (grad,) = torch.autograd.grad(values.sum() * weight, [placed])
+        torch.autograd.grad(logits, [keep["leaf"]], grad[:, start:stop])  # the receivers' hooks accumulate scores
     flush()
     return values.detach().double().cpu()
 
