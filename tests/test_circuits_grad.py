@@ -90,3 +90,31 @@ def test_scores_equal_those_from_per_head_copies_of_the_attention_input(variant,
     error = (got - expected).abs().max() / expected.abs().max()
     print(f"{variant} {method} {dtype}: relative max |Δ| {error:.2e}")
     assert error <= tolerance, max_diff(got, expected)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_positions_before_the_first_difference_are_run_once_and_the_scores_stay_exact(variant, method):
+    """Clean and corrupted prompts sharing their first 3 tokens: the methods run positions 3.. only, on the
+    shared positions' keys and values (every sender's difference is 0 there); the scores equal the
+    full-length per-head-copy scores in fp64 (llama_like with a padded row)."""
+    model = make(variant, torch.float64)
+    pair = random_pair(3, n_pos=7, seed=2)
+    corrupted = pair.corrupted.clone()
+    corrupted[:, :3] = pair.clean[:, :3]
+    mask = None
+    if variant == "llama_like":
+        mask = torch.ones_like(pair.clean)
+        mask[0, 4:-1] = 0
+    pair = Pair(pair.clean, corrupted, mask)
+    metric = answer_metric()
+    lengths = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        got = edge_scores(model, pair, metric, method, steps=4).scores
+    finally:
+        handle.remove()
+    assert sorted(set(lengths)) == [3, 4], lengths  # the shared prefix once, then positions 3..6
+    expected = per_head_copy_scores(model, pair, metric, method, steps=4)
+    error = (got - expected).abs().max() / expected.abs().max()
+    assert error <= 1e-10, max_diff(got, expected)

@@ -157,8 +157,9 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
                    rows: tuple[int, int, int] | None = None, kv=None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Every sender's output on one input: [n_senders, batch, pos, d_model]; with a metric, also its value
     per prompt on this input ([batch] float64), from the same forward. rows (start, stop, n_rows): the
-    input is those rows of a set the metric was made for (default: the whole set). kv: an empty KVCache
-    the forward fills with its keys and values."""
+    input is those rows of a set the metric was made for (default: the whole set). kv: a KVCache the input
+    continues (empty, it is filled with the run's keys and values; holding a prefix, `tokens` are the
+    positions after it, and the metric reads positions of the whole sequence)."""
     from lens.circuits.patched import row_metric
     from lens.guard import require
     batch, n_pos = tokens.shape
@@ -174,8 +175,9 @@ def sender_outputs(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor
         model(tokens, attention_mask=mask, return_type=None, past_kv_cache=kv)
         if metric is None:
             return out
-        positions, per_row = row_metric(metric, n_pos)
-        resid = kept["resid"] if positions is None else kept["resid"][:, positions]
+        past = 0 if kv is None else kv.length - n_pos  # the forward has extended the cache by n_pos
+        positions, per_row = row_metric(metric, past + n_pos)
+        resid = kept["resid"] if positions is None else kept["resid"][:, [p - past for p in positions]]
         start, stop, n_rows = rows or (0, batch, batch)
         values = per_row(place_rows(model.final_logits(resid)[None], (start, stop, n_rows)))[0, start:stop]
         return out, values.double().cpu()

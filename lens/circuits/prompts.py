@@ -44,6 +44,13 @@ class Pair:
         differs = (self.clean != self.corrupted).any(0)
         return int(differs.int().argmax()) if bool(differs.any()) else self.clean.shape[1]
 
+    def positions(self, start: int) -> Pair:
+        """The positions start.. of every row (the mask of those positions only: a forward continuing a KV
+        cache of the first `start` reads the rest from the cache)."""
+        if not start:
+            return self
+        return Pair(self.clean[:, start:], self.corrupted[:, start:], None if self.mask is None else self.mask[:, start:])
+
     def rows(self, index: slice) -> Pair:
         return Pair(self.clean[index], self.corrupted[index], None if self.mask is None else self.mask[index])
 

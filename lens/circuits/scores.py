@@ -24,6 +24,7 @@ even one prompt at a time is refused before any forward, with the figure and wha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -44,7 +45,8 @@ from lens.circuits.patched import run_circuits
 from lens.circuits.prompts import Pair
 from lens.guard import limit, mib, require
 from lens.memory import forward_bytes
-from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy
+from lens.model.kv_cache import KVCache
+from lens.patching.engine import DEFAULT_MEMORY_BUDGET, _bytes_per_copy, _kv_prefix
 from lens.patching.metrics import metric_name
 
 Method = Literal["eap", "eap-ig", "exact"]
@@ -138,7 +140,7 @@ def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: 
 
 def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, scores, weight: float,
                rows: tuple[int, int, int], interpolate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-               reference: torch.Tensor | None = None) -> torch.Tensor:
+               reference: torch.Tensor | None = None, kv: KVCache | None = None) -> torch.Tensor:
     """One forward + backward of `tokens` adding delta_s · ∂(weight · Σ rows metric)/∂input_r into scores, and
     the metric per row of that forward ([copies, batch] float64).
     rows (start, stop, n_rows): which rows of the whole set `tokens` are; a per-row metric of the set (each
@@ -146,6 +148,7 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     delta [n_senders, batch, pos, d_model] is given (eap-ig) or, with `reference`, filled from this run (eap;
     delta may be `reference` itself: each sender's slot is read, then overwritten by its difference).
     interpolate (start, end, alphas [copies]): the input replaced by start + α (end - start), copy-major.
+    kv: the keys and values of positions before `tokens`, for every copy (see _prefix).
     Cells of senders at or after a receiver get values too (the matmul covers a window of receivers); the
     caller masks them with graph.valid."""
     batch, n_pos = delta.shape[1], delta.shape[2]
@@ -221,7 +224,7 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     copied = tokens.repeat(copies, 1)
     copied_mask = None if mask is None else mask.repeat(copies, 1)
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        model(copied, attention_mask=copied_mask, return_type=None)
+        model(copied, attention_mask=copied_mask, return_type=None, past_kv_cache=kv)
         resid = keep["resid"] if positions is None else keep["resid"][:, positions]
         logits = model.final_logits(resid).view(copies, batch, -1, model.cfg.d_vocab)
         # the metric's gradient first, on the set's rows placed apart from the model's graph, so the backward
@@ -234,7 +237,23 @@ def _grad_pass(model, graph: Graph, tokens, mask, per_row, positions, delta, sco
     return values.detach().double().cpu()
 
 
-def _both_runs(model, graph: Graph, part: Pair, positions, per_row, rows: tuple[int, int, int]):
+def _prefix(model, part: Pair, kept: int) -> Callable[[int], KVCache | None]:
+    """copies → a KV cache holding the keys and values of the first `kept` positions, where the part's clean
+    and corrupted prompts are the same tokens, for that many copies of its rows (None when kept is 0). Every
+    sender's difference is 0 there, so no edge's score has a term at those positions: the methods' runs
+    start after them, attending to these keys and values (exact, as the interpolated inputs of EAP-IG are
+    the same there too)."""
+    if not kept:
+        return lambda copies: None
+    base = KVCache(model.cfg, len(part), part.clean.shape[1], model.dtype, model.device)
+    with torch.no_grad():
+        model(part.clean[:, :kept], attention_mask=None if part.mask is None else part.mask[:, :kept],
+              return_type=None, past_kv_cache=base)
+    return lambda copies: _kv_prefix(model, base, len(part), 0, kept, copies, part.mask)
+
+
+def _both_runs(model, graph: Graph, part: Pair, positions, per_row, rows: tuple[int, int, int],
+               kv: KVCache | None = None):
     """EAP-IG's sender differences from one forward of the corrupted and the clean prompts together:
     (corrupted - clean outputs [n_senders, batch, pos, d_model] (a view of both runs' buffer; under post-norms
     of their shares, forward.shares), (the corrupted and the clean embeddings [batch, pos, d_model]),
@@ -242,7 +261,7 @@ def _both_runs(model, graph: Graph, part: Pair, positions, per_row, rows: tuple[
     batch, kept = len(part), {}
     mask = None if part.mask is None else part.mask.repeat(2, 1)
     with model.hooks(fwd_hooks=[final_resid_hook(graph, kept)]):
-        outputs = sender_outputs(model, graph, torch.cat([part.corrupted, part.clean]), mask)
+        outputs = sender_outputs(model, graph, torch.cat([part.corrupted, part.clean]), mask, kv=kv)
     with torch.no_grad():
         resid = kept["resid"] if positions is None else kept["resid"][:, positions]
         logits = model.final_logits(resid).view(2, batch, -1, model.cfg.d_vocab)
@@ -269,9 +288,13 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
     graph = Graph.of(model)
     batch, n_pos = pair.clean.shape
     positions, per_row = row_metric(metric, n_pos)
+    # positions before the first token where clean and corrupted prompts differ run once (_prefix), unless
+    # the metric reads them
+    kept = 0 if positions is None else min(pair.unchanged(), *positions)
+    run_positions = None if positions is None else [p - kept for p in positions]
     if method != "exact":
-        chunk = min(batch, _rows_per_forward(model, graph, n_pos, method, steps, memory_budget))
-        _reserve(model, graph, chunk, n_pos, method, steps)
+        chunk = min(batch, _rows_per_forward(model, graph, n_pos - kept, method, steps, memory_budget))
+        _reserve(model, graph, chunk, n_pos - kept, method, steps)
     if method == "exact":
         clean_rows, corrupted_rows = pair.row_values(model, metric)
         scores = exact_scores(model, graph, pair, metric, memory_budget)
@@ -279,19 +302,22 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
         scores = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float64)
         clean_rows, corrupted_rows = torch.empty(batch, dtype=torch.float64), torch.empty(batch, dtype=torch.float64)
         for start in range(0, batch, chunk):
-            part = pair.rows(slice(start, start + chunk))
-            rows = (start, start + len(part), batch)
+            whole = pair.rows(slice(start, start + chunk))
+            rows = (start, start + len(whole), batch)
+            prefix = _prefix(model, whole, kept)
+            part = whole.positions(kept)
             if method == "eap":  # the corrupted run's sender outputs, turned into the differences in place
                 delta, corrupted_rows[start: rows[1]] = sender_outputs(model, graph, part.corrupted, part.mask,
-                                                                       metric, rows)
-                clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, positions,
-                                                        delta, scores, 1.0 / batch, rows, reference=delta)[0]
+                                                                       metric, rows, prefix(1))
+                clean_rows[start: rows[1]] = _grad_pass(model, graph, part.clean, part.mask, per_row, run_positions,
+                                                        delta, scores, 1.0 / batch, rows, reference=delta,
+                                                        kv=prefix(1))[0]
             else:
-                delta, ends, values = _both_runs(model, graph, part, positions, per_row, rows)
+                delta, ends, values = _both_runs(model, graph, part, run_positions, per_row, rows, prefix(2))
                 corrupted_rows[start: rows[1]], clean_rows[start: rows[1]] = values
                 alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-                _grad_pass(model, graph, part.clean, part.mask, per_row, positions, delta, scores,
-                           1.0 / (batch * steps), rows, interpolate=(*ends, alphas))
+                _grad_pass(model, graph, part.clean, part.mask, per_row, run_positions, delta, scores,
+                           1.0 / (batch * steps), rows, interpolate=(*ends, alphas), kv=prefix(steps))
         scores = scores * graph.valid
     return EdgeScores(graph, scores, method, metric_name(metric), batch, float(clean_rows.mean()),
                       float(corrupted_rows.mean()), {"steps": steps} if method == "eap-ig" else {}, clean_rows,
