@@ -83,6 +83,7 @@ def test_scores_equal_those_from_per_head_copies_of_the_attention_input(variant,
         pair = Pair(pair.clean, pair.corrupted, mask)
     metric = answer_metric()
     got = edge_scores(model, pair, metric, method, steps=4).scores
+    assert all(p.requires_grad for p in model.parameters())  # the pass turns weight gradients off, then back on
     expected = per_head_copy_scores(model, pair, metric, method, steps=4)
     graph = Graph.of(model)
     attention = torch.tensor([kind in "qkv" for _, kind, rows in graph.groups() for _ in rows])
