@@ -9,9 +9,13 @@ output instead), values between mix the two (used for directional derivatives). 
 
 which is the clean run when nothing is off and the reference run when everything is (the outputs of
 the senders before r sum to resid_r up to prompt-independent terms). The sum runs over the edges that
-differ from the nearest of "all in" and "all out" only: a circuit of E edges costs about E axpys of
-[batch, pos, d_model] per forward, not n_senders × n_receivers. Copies of the batch, one per circuit,
-share a forward, sized to a memory budget.
+differ from the nearest of "all in" and "all out" only (a small circuit is "all out" plus its edges), as
+one matmul of the kept differences per layer. A forward computes only what some circuit reads from this
+run: an attention layer or MLP whose every outgoing edge is off in every circuit of the forward is not
+run, its output given from the reference (lens.hooks.given_outputs; that is exact: each receiver would
+read the reference's output for it anyway); and positions before the first token where this run and the
+reference run differ (`prefix`) are run once, by the reference run. Copies of the batch, one per
+circuit, share a forward when the budget allows and the components they compute overlap.
 
 Under post-norms a layer's heads reach the residual stream through the layer's norm, so for the heads
 of each earlier layer l the receiver reads, in place of their terms above,
