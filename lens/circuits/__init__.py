@@ -9,15 +9,19 @@ The metric is any function of the logits; over a prompt set, lens.data.row_metri
 value per row: "logit_diff", "logit", "prob", "logprob", "kl" (KL(clean || run) at each row's answer
 position, lens.data.kl_divergence; 0 on the clean run, so score it with EAP-IG) or "loss" (mean
 next-token loss over a span of positions, lens.data.span_loss).
+
+Judging many circuits on one set, one at a time: `base = baseline(model, pair, metric)` runs the reference
+and clean forwards once, and `evaluate(model, circuit, pair, metric, base=base)` then runs the circuit only.
 """
 
 from lens.circuits.circuit import Circuit
 from lens.circuits.discovery import FoundCircuit, find_circuit
-from lens.circuits.evaluation import ABLATIONS, Faithfulness, evaluate
+from lens.circuits.evaluation import ABLATIONS, Baseline, Faithfulness, baseline, evaluate
 from lens.circuits.graph import Graph
 from lens.circuits.prompts import Pair
 from lens.circuits.scores import METHODS, EdgeScores, edge_scores
 from lens.circuits.selection import Curve, curve, threshold, to_faithfulness, top_n
 
-__all__ = ["ABLATIONS", "METHODS", "Circuit", "Curve", "EdgeScores", "Faithfulness", "FoundCircuit", "Graph", "Pair",
-           "curve", "edge_scores", "evaluate", "find_circuit", "threshold", "to_faithfulness", "top_n"]
+__all__ = ["ABLATIONS", "METHODS", "Baseline", "Circuit", "Curve", "EdgeScores", "Faithfulness", "FoundCircuit", "Graph",
+           "Pair", "baseline", "curve", "edge_scores", "evaluate", "find_circuit", "threshold", "to_faithfulness",
+           "top_n"]

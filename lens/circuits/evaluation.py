@@ -110,10 +110,10 @@ class Baseline:
 
 def baseline(model, pair: Pair, metric, ablation: Ablation = "corrupted", reference=None,
              clean: torch.Tensor | None = None, memory_budget: int | None = None) -> Baseline:
-    """The Baseline of a pair: one forward on the corrupted (or reference) prompts, one on the clean ones
+    """The Baseline of a pair (or prompt set): one forward on the corrupted (or reference) prompts, one on the clean ones
     unless their metric per prompt is given (`clean`, e.g. EdgeScores.clean_rows_for); under mean ablation
     the empty circuit's metric from a forward that computes nothing but the embeddings and the logits."""
-    graph = Graph.of(model)
+    graph, pair = Graph.of(model), Pair.of(model, pair)
     prefix = None
     if ablation == "corrupted":
         if reference is not None:
