@@ -152,15 +152,19 @@ def given_outputs(model, values: dict[str, torch.Tensor]):
     it is not run: a forward that reads some components' outputs from another run spends nothing on them.
     Hooks on the points inside a skipped component would never fire, so they are an error."""
     points = model.hook_dict
+    inside = {}  # the name prefix of each point a skipped component holds → the given point that skips it
     for name in values:
         if name not in points or not name.endswith(GIVEN_POINTS):
             raise ValueError(f"{name!r} cannot be given: only a block's {' or '.join(GIVEN_POINTS)} can")
         block = name.rsplit(".", 1)[0]
-        inside = (f"{block}.attn.", f"{block}.hook_q_input", f"{block}.hook_k_input", f"{block}.hook_v_input",
-                  f"{block}.hook_attn_in") if name.endswith("attn_out") else (f"{block}.mlp.", f"{block}.hook_mlp_in")
-        silent = [n for n, p in points.items() if n.startswith(inside) and (p.fwd_fns or p.bwd_fns or p.splice)]
-        if silent:
-            raise ValueError(f"hooks on {silent} would never fire: {name} is given, so its component is skipped")
+        parts = ("attn.", "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in") \
+            if name.endswith("attn_out") else ("mlp.", "hook_mlp_in")
+        inside |= {f"{block}.{part}": name for part in parts}
+    prefixes = tuple(inside)
+    for n, p in points.items():  # one pass over the attached points, not one per given value
+        if (p.fwd_fns or p.bwd_fns or p.splice) and n.startswith(prefixes):
+            given = next(inside[prefix] for prefix in prefixes if n.startswith(prefix))
+            raise ValueError(f"hooks on {n} would never fire: {given} is given, so its component is skipped")
     try:
         for name, value in values.items():
             points[name].given = value

@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lens.circuits.forward import final_resid_hook, graph_hooks, post_norm
+from lens.circuits.forward import component, final_resid_hook, graph_hooks, post_norm
 from lens.circuits.graph import Graph
 from lens.guard import limit, require
 from lens.hooks import given_outputs
+from lens.memory import forward_bytes
 from lens.model.kv_cache import KVCache
 from lens.patching.engine import CPU_MAX_TOKENS, DEFAULT_MEMORY_BUDGET, _bytes_per_copy, _kv_prefix
 from lens.patching.metrics import _wide
@@ -142,7 +143,8 @@ def _plans(graph: Graph, off: torch.Tensor, post_norms: bool, computed: torch.Te
         prefix = graph.senders_before(layer, kind)
         block = off[:, :prefix, rows.start: rows.stop]  # [C, prefix, R_g]
         linear = ~heads[:prefix] & computed[:prefix]
-        fed = graph.head(layer, 0) if kind in ("q", "k", "v") else graph.mlp(layer) if kind == "mlp" else 0
+        part = component(kind)
+        fed = graph.head(layer, 0) if part == "attn" else graph.mlp(layer) if part == "mlp" else 0
         if not computed[fed]:
             plans.append([None] * len(block))
             continue
@@ -169,9 +171,11 @@ SHARED_WORK = 1.1
 
 
 def circuits_per_forward(model, graph: Graph, batch: int, n_pos: int, n_logit_pos: int, n_deltas: int,
-                         memory_budget: int | None) -> int:
+                         memory_budget: int | None, kept: int = 0) -> int:
+    """Circuit copies per forward of n_pos positions after `kept` cached ones (each copy holds their cache)."""
     budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
-    per_copy = 2 * _bytes_per_copy(model, batch, n_pos, n_pos, n_logit_pos)  # per-head inputs double it
+    per_copy = 2 * _bytes_per_copy(model, batch, n_pos, kept + n_pos, n_logit_pos)  # per-head inputs double it
+    per_copy += forward_bytes(model, batch, n_pos, kept + n_pos, False, kept + n_pos if kept else 0)["KV cache"]
     # + the running totals, one layer's early edits (a row per receiver), each post-normed layer's sum and norm
     kept = n_deltas + 2 + graph.per_layer + (2 * graph.n_layers if model.cfg.post_norms else 0)
     per_copy += kept * batch * n_pos * model.cfg.d_model * model.dtype.itemsize
@@ -218,7 +222,8 @@ def run_circuits(model, graph: Graph, tokens: torch.Tensor, mask: torch.Tensor |
         while stop < len(off):
             computed = _computed(graph, live[start: stop + 1])
             copies = stop + 1 - start
-            if copies > circuits_per_forward(model, graph, batch, n_pos, n_logit, int(computed.sum()), memory_budget) \
+            if copies > circuits_per_forward(model, graph, batch, n_pos, n_logit, int(computed.sum()), memory_budget,
+                                             kept) \
                     or copies * _work(model, graph, computed) > SHARED_WORK * sum(work[start: stop + 1]):
                 break
             stop += 1

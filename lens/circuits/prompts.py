@@ -39,6 +39,13 @@ class Pair:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
+    def same(self, other: Pair) -> bool:
+        """Whether other holds the same tokens and mask."""
+        def equal(a, b):
+            return (a is None) == (b is None) and (a is None or (a.shape == b.shape and torch.equal(a, b)))
+        return equal(self.clean, other.clean) and equal(self.corrupted, other.corrupted) and \
+            equal(self.mask, other.mask)
+
     def unchanged(self) -> int:
         """How many leading positions hold the same token in every clean and corrupted row."""
         differs = (self.clean != self.corrupted).any(0)

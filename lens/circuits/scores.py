@@ -77,11 +77,7 @@ class EdgeScores:
         (the same metric object), else None."""
         if not self.source or self.clean_rows is None or self.source[1] is not metric:
             return None
-        made = self.source[0]
-        same = made.clean.shape == pair.clean.shape and torch.equal(made.clean, pair.clean) and \
-            torch.equal(made.corrupted, pair.corrupted) and (made.mask is None) == (pair.mask is None) and \
-            (made.mask is None or torch.equal(made.mask, pair.mask))
-        return self.clean_rows if same else None
+        return self.clean_rows if self.source[0].same(pair) else None
 
     def node_scores(self) -> dict[str, float]:
         """Node name → the sum of its outgoing edges' scores (the logits: of their incoming edges')."""
@@ -98,18 +94,18 @@ class EdgeScores:
         return [(self.graph.edge_name(int(i) // R, int(i) % R), float(self.scores.flatten()[i])) for i in index]
 
 
-def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int) -> int:
-    """A gradient pass over `rows` prompts × `copies`: the activations kept for the backward (lens's own
-    estimate, or the guard's estimate of the forward where that is larger), the copies of the MLP inputs and
-    of the final residual the receivers read, the queries, keys and values kept for their gradients, and per
-    prompt the receivers' gradients summed over copies (one layer's at a time, and a window waiting for the
-    matmul)."""
+def _pass_bytes(model, graph: Graph, rows: int, n_pos: int, copies: int, kept: int = 0) -> int:
+    """A gradient pass over `rows` prompts × `copies` of n_pos positions after `kept` cached ones: the
+    activations kept for the backward (lens's own estimate, or the guard's estimate of the forward, with the
+    cache of the kept positions, where that is larger), the copies of the MLP inputs and of the final residual
+    the receivers read, the queries, keys and values kept for their gradients, and per prompt the receivers'
+    gradients summed over copies (one layer's at a time, and a window waiting for the matmul)."""
     cfg, size = model.cfg, model.dtype.itemsize
     residual = n_pos * cfg.d_model * size
     per_copy = 4 * _bytes_per_copy(model, 1, n_pos, n_pos, n_pos) + 2 * (cfg.n_layers + 1) * residual
     per_copy += cfg.n_layers * (graph.n_heads + 2 * graph.n_kv_heads) * cfg.d_head * n_pos * size
     with torch.enable_grad():  # the guard counts every layer's activations as kept under autograd
-        checked = sum(forward_bytes(model, copies * rows, n_pos, n_pos, False).values())
+        checked = sum(forward_bytes(model, copies * rows, n_pos, kept + n_pos, False, kept + n_pos if kept else 0).values())
     return max(copies * rows * per_copy, checked) + rows * (3 * graph.per_layer + GRADIENT_WINDOW) * residual
 
 
@@ -119,20 +115,21 @@ def _buffer_bytes(model, graph: Graph, rows: int, n_pos: int, method: Method) ->
     return BUFFERS[method] * graph.n_senders * rows * n_pos * model.cfg.d_model * model.dtype.itemsize
 
 
-def _rows_per_forward(model, graph: Graph, n_pos: int, method: Method, steps: int, memory_budget: int | None) -> int:
+def _rows_per_forward(model, graph: Graph, n_pos: int, method: Method, steps: int, memory_budget: int | None,
+                      kept: int = 0) -> int:
     """Prompts per gradient pass, so that the pass and the sender buffers fit the budget (at least 1)."""
     budget = limit(DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget)
     copies = 1 if method == "eap" else steps
-    per_row = _pass_bytes(model, graph, 1, n_pos, copies) + _buffer_bytes(model, graph, 1, n_pos, method)
+    per_row = _pass_bytes(model, graph, 1, n_pos, copies, kept) + _buffer_bytes(model, graph, 1, n_pos, method)
     return max(1, budget // per_row)
 
 
-def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: int) -> None:
+def _reserve(model, graph: Graph, rows: int, n_pos: int, method: Method, steps: int, kept: int = 0) -> None:
     """Ask the caller's guard for the largest chunk's sender buffers and gradient pass before anything is
     allocated, so a request that cannot fit is refused before any forward runs."""
     buffers = _buffer_bytes(model, graph, rows, n_pos, method)
     copies = 1 if method == "eap" else steps
-    require(buffers + _pass_bytes(model, graph, rows, n_pos, copies),
+    require(buffers + _pass_bytes(model, graph, rows, n_pos, copies, kept),
             f"{method.upper()}'s sender differences ({mib(buffers)}: {BUFFERS[method]} x {graph.n_senders} senders x "
             f"{rows} prompts x {n_pos} positions x {model.cfg.d_model}) with its gradient pass",
             "use shorter prompts or a smaller model" + (", or method='eap' (one copy per prompt instead of steps, "
@@ -308,8 +305,8 @@ def edge_scores(model, pair: Pair, metric, method: Method = "eap", steps: int = 
     kept = 0 if positions is None else min(pair.unchanged(), *positions)
     run_positions = None if positions is None else [p - kept for p in positions]
     if method != "exact":
-        chunk = min(batch, _rows_per_forward(model, graph, n_pos - kept, method, steps, memory_budget))
-        _reserve(model, graph, chunk, n_pos - kept, method, steps)
+        chunk = min(batch, _rows_per_forward(model, graph, n_pos - kept, method, steps, memory_budget, kept))
+        _reserve(model, graph, chunk, n_pos - kept, method, steps, kept)
     if method == "exact":
         clean_rows, corrupted_rows = pair.row_values(model, metric)
         scores = exact_scores(model, graph, pair, metric, memory_budget)
